@@ -1,0 +1,1 @@
+"""Data: readers, tokenizer, and grain input pipelines."""

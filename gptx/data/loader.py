@@ -1,0 +1,76 @@
+"""grain input pipelines: documents -> tokens -> packed sequences with segment ids -> per-process batches."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import grain
+import jax
+import numpy as np
+
+from gptx.data.tokenizer import Tokenizer
+
+
+class _ToExample(grain.transforms.Map):
+    """A document as one next-token example: inputs [BOS, t1..tn], targets [t1..tn, EOS]."""
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer = tokenizer
+
+    def map(self, doc: str) -> dict[str, np.ndarray]:
+        ids = np.asarray([self.tokenizer.bos_id, *self.tokenizer.encode(doc), self.tokenizer.eos_id], np.int32)
+        return {"inputs": ids[:-1], "targets": ids[1:]}
+
+
+def _to_batch(packed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {
+        "inputs": packed["inputs"],
+        "targets": packed["targets"],
+        "positions": packed["inputs_positions"],
+        "segment_ids": packed["inputs_segment_ids"],
+        # Padding (segment 0) at the end of a finite stream carries no loss.
+        "weights": (packed["targets_segment_ids"] > 0).astype(np.float32),
+    }
+
+
+def lm_dataset(
+    docs: Sequence[str],
+    tokenizer: Tokenizer,
+    *,
+    seq_len: int,
+    batch_size: int,
+    seed: int = 0,
+    train: bool = True,
+    worker_count: int = 0,
+) -> grain.IterDataset:
+    """Packed language-modelling batches for this process.
+
+    Each process reads every `process_count`-th document and yields its share of the global batch:
+    dicts of [batch_size / process_count, seq_len] arrays `inputs`, `targets`, `positions` (per document),
+    `segment_ids` (documents numbered from 1 within a row, 0 = padding) and `weights` (1.0 where a target
+    counts). Training data is shuffled with `seed`, reshuffled every epoch and repeated forever; evaluation
+    data is read once in order.
+    """
+    n_proc = jax.process_count()
+    if batch_size % n_proc:
+        raise ValueError(f"batch size {batch_size} does not split over {n_proc} processes")
+    ds = grain.MapDataset.source(list(docs))[jax.process_index() :: n_proc]
+    if train:
+        ds = ds.shuffle(seed=seed).repeat()
+    ds = ds.map(_ToExample(tokenizer)).to_iter_dataset()
+    # Documents longer than seq_len continue in the next row as a new segment with positions from 0.
+    ds = grain.experimental.ConcatThenSplitIterDataset(
+        ds, length_struct={"inputs": seq_len, "targets": seq_len}
+    )
+    ds = ds.map(_to_batch).batch(batch_size // n_proc, drop_remainder=True)
+    if worker_count > 0:
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+    return ds
+
+
+def split_train_val(docs: Sequence[str], val_fraction: float) -> tuple[list[str], list[str]]:
+    """The last `val_fraction` of the documents (in corpus order) is the validation split."""
+    n_val = int(round(len(docs) * val_fraction))
+    if val_fraction > 0 and n_val == 0:
+        n_val = 1
+    return list(docs[: len(docs) - n_val]), list(docs[len(docs) - n_val :])

@@ -1,0 +1,99 @@
+"""SentencePiece BPE tokenizer: training and newline-preserving encode/decode.
+
+SentencePiece reads sentences and adds a word-boundary marker to the first word of each, so text is encoded
+line by line with an explicit newline token between lines: words after a newline then tokenize like words
+after a space, and decode(encode(text)) == text for any text (byte fallback covers unseen characters).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterable, Sequence
+
+import sentencepiece as spm
+
+NEWLINE = "\n"
+UNK_ID, BOS_ID, EOS_ID, PAD_ID = 0, 1, 2, 3
+
+
+class Tokenizer:
+    """A trained SentencePiece model with gptx's special tokens (unk 0, bos 1, eos 2, pad 3, newline)."""
+
+    def __init__(self, model_proto: bytes):
+        self.model_proto = model_proto
+        self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
+        self.newline_id = self.sp.piece_to_id(NEWLINE)
+        if self.newline_id == self.sp.unk_id():
+            raise ValueError("tokenizer model has no newline piece; train it with gptx.data.tokenizer.train")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Tokenizer:
+        if not os.path.exists(path):
+            raise FileNotFoundError(
+                f"tokenizer model {path} not found: train one with `python -m gptx.main tokenizer`"
+            )
+        with open(path, "rb") as f:
+            return cls(f.read())
+
+    def save(self, path: str | os.PathLike) -> None:
+        with open(path, "wb") as f:
+            f.write(self.model_proto)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.sp.get_piece_size()
+
+    bos_id, eos_id, pad_id = BOS_ID, EOS_ID, PAD_ID
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`, newlines included; no BOS/EOS."""
+        ids: list[int] = []
+        for i, line in enumerate(text.split(NEWLINE)):
+            if i:
+                ids.append(self.newline_id)
+            ids.extend(self.sp.encode(line))
+        return ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of token ids; special tokens (bos/eos/pad) are dropped."""
+        lines: list[list[int]] = [[]]
+        for i in ids:
+            i = int(i)
+            if i == self.newline_id:
+                lines.append([])
+            elif i not in (BOS_ID, EOS_ID, PAD_ID):
+                lines[-1].append(i)
+        return NEWLINE.join(self.sp.decode(line) for line in lines)
+
+
+def train(
+    texts: Iterable[str],
+    vocab_size: int,
+    model_type: str = "bpe",
+    character_coverage: float = 1.0,
+    byte_fallback: bool = True,
+) -> Tokenizer:
+    """Trains a SentencePiece model on the lines of `texts`; returns it (call .save to keep it)."""
+    lines = (line for text in texts for line in text.split(NEWLINE) if line)
+    proto = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=lines,
+        model_writer=proto,
+        vocab_size=vocab_size,
+        model_type=model_type,
+        character_coverage=character_coverage,
+        byte_fallback=byte_fallback,
+        # Keep text as it is: no NFKC folding, no whitespace squeezing, so decoding is exact.
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        split_digits=True,
+        user_defined_symbols=[NEWLINE],
+        max_sentence_length=1 << 16,
+        unk_id=UNK_ID,
+        bos_id=BOS_ID,
+        eos_id=EOS_ID,
+        pad_id=PAD_ID,
+        minloglevel=2,
+    )
+    return Tokenizer(proto.getvalue())

@@ -1,0 +1,157 @@
+"""THE mesh: device mesh, logical-axis rules, shardings and multi-host start-up.
+
+Every trainer gets its shardings from here; no other module builds a `Mesh` or a `PartitionSpec` by hand.
+Models annotate parameters and activations with logical axis names (`batch`, `embed`, `heads`, ...);
+`LOGICAL_RULES` maps those names onto the three mesh axes:
+
+  data    pure data parallelism (replicated parameters), usually across hosts/slices
+  fsdp    data parallelism with parameters and optimizer state sharded along `embed` (ZeRO-3)
+  tensor  Megatron-style tensor parallelism over heads, MLP width and vocabulary
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from flax import linen as nn
+from jax.experimental import mesh_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from gptx.config import ConfigError
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# Logical axis -> mesh axes. Parameters: `embed` is FSDP-sharded, the wide dimensions are tensor-sharded.
+# Activations: the batch is split over both data-parallel axes; `act_*` names keep activations' feature
+# dimensions unsharded except where tensor parallelism produces them sharded (heads, mlp).
+LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_mlp", "tensor"),
+    ("act_vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("kv", None),
+    ("qkv", None),
+    ("mlp", "tensor"),
+    ("vocab", "tensor"),
+    ("positions", None),
+    ("norm", None),
+    ("layers", None),
+)
+
+
+def _env_says_multihost() -> bool:
+    env = os.environ
+    if int(env.get("SLURM_NTASKS", "1")) > 1 or env.get("JAX_COORDINATOR_ADDRESS"):
+        return True
+    # TPU pod slices list one hostname per worker.
+    return len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1
+
+
+def initialize_distributed(mesh_cfg: ml_collections.ConfigDict) -> bool:
+    """Starts `jax.distributed` once when the config or the environment says the run spans hosts.
+
+    Explicit `coordinator_address`/`num_processes`/`process_id` serve GPU clusters and CPU tests (with gloo
+    collectives); TPU pods and SLURM are detected by JAX itself from the environment. Returns True if this
+    process is part of a multi-process run.
+    """
+    explicit = bool(mesh_cfg.coordinator_address) or mesh_cfg.num_processes > 1
+    wanted = mesh_cfg.multihost == "yes" or (mesh_cfg.multihost == "auto" and (explicit or _env_says_multihost()))
+    if not wanted:
+        return False
+    if jax.distributed.is_initialized():
+        return True
+    kwargs = {}
+    if explicit:
+        # CPU processes need gloo for cross-process collectives; accelerator backends ignore this.
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        kwargs = dict(
+            coordinator_address=mesh_cfg.coordinator_address,
+            num_processes=mesh_cfg.num_processes,
+            process_id=mesh_cfg.process_id,
+        )
+    logging.info("jax.distributed.initialize(%s)", kwargs)
+    jax.distributed.initialize(**kwargs)
+    return True
+
+
+def resolve_mesh_shape(mesh_cfg: ml_collections.ConfigDict, num_devices: int) -> dict[str, int]:
+    """Mesh axis sizes with the one -1 filled in; raises ConfigError when the product misses num_devices."""
+    sizes = {axis: int(mesh_cfg[axis]) for axis in MESH_AXES}
+    free = [axis for axis, n in sizes.items() if n == -1]
+    if len(free) > 1:
+        raise ConfigError(f"only one of config.mesh.{{data,fsdp,tensor}} may be -1, got {sizes}")
+    for axis, n in sizes.items():
+        if n == 0 or n < -1:
+            raise ConfigError(f"config.mesh.{axis}={n} must be positive or -1")
+    fixed = int(np.prod([n for n in sizes.values() if n != -1]))
+    if free:
+        if num_devices % fixed:
+            raise ConfigError(
+                f"config.mesh {sizes}: the fixed axes ({fixed} devices) do not divide {num_devices} devices"
+            )
+        sizes[free[0]] = num_devices // fixed
+    elif fixed != num_devices:
+        raise ConfigError(f"config.mesh {sizes} needs {fixed} devices but {num_devices} are available")
+    return sizes
+
+
+def make_mesh(mesh_cfg: ml_collections.ConfigDict, devices: list | None = None) -> Mesh:
+    """The (data, fsdp, tensor) mesh over all global devices (or `devices`)."""
+    sizes = resolve_mesh_shape(mesh_cfg, len(devices) if devices else jax.device_count())
+    shape = tuple(sizes[a] for a in MESH_AXES)
+    if devices is None:
+        # Topology-aware placement: tensor parallelism on the fastest links, data parallelism across hosts.
+        device_array = mesh_utils.create_device_mesh(shape, allow_split_physical_axes=True)
+    else:
+        device_array = np.asarray(devices).reshape(shape)
+    return Mesh(device_array, MESH_AXES)
+
+
+@contextlib.contextmanager
+def activation_rules(mesh: Mesh) -> Iterator[None]:
+    """Context in which `nn.with_logical_constraint` inside models resolves against `mesh`."""
+    with mesh, nn.logical_axis_rules(LOGICAL_RULES):
+        yield
+
+
+def logical_sharding(mesh: Mesh, logical_axes: tuple[str | None, ...]) -> NamedSharding:
+    """NamedSharding for an array whose dimensions carry these logical names."""
+    return NamedSharding(mesh, nn.logical_to_mesh_axes(logical_axes, LOGICAL_RULES))
+
+
+def tree_shardings(mesh: Mesh, boxed_tree: Any) -> Any:
+    """NamedShardings for a tree whose leaves may be `nn.LogicallyPartitioned` (as from `jax.eval_shape`
+    of an init function); unannotated leaves (step counters, scalars) are replicated."""
+    specs = nn.get_partition_spec(boxed_tree)
+    return nn.logical_to_mesh_sharding(specs, mesh, LOGICAL_RULES)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """[B, T, ...] arrays: batch split over the data-parallel axes."""
+    return logical_sharding(mesh, ("batch", "length"))
+
+
+def put_batch(mesh: Mesh, local_batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
+    """Assembles global arrays from each process's share of a batch.
+
+    Each process passes only the rows it loaded ([B / process_count, T]); the global batch is
+    [B, T]. With one process this is a plain sharded device_put.
+    """
+    sharding = batch_sharding(mesh)
+    out = {}
+    for name, x in local_batch.items():
+        global_shape = (x.shape[0] * jax.process_count(), *x.shape[1:])
+        spec = PartitionSpec(*sharding.spec[: x.ndim])
+        out[name] = jax.make_array_from_process_local_data(NamedSharding(mesh, spec), x, global_shape)
+    return out

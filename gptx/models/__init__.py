@@ -1,0 +1,5 @@
+"""Pure Flax linen models."""
+
+from gptx.models.gpt import GPT, GPTConfig
+
+__all__ = ["GPT", "GPTConfig"]

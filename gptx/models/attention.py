@@ -1,0 +1,142 @@
+"""Causal self-attention: dense or locally banded, packed-sequence aware.
+
+The fast path is `jax.nn.dot_product_attention`, so cuDNN's fused kernel serves GPUs (including the
+sliding window of GPT-3's banded layers) and XLA's fused softmax serves CPUs and TPUs. Attention-probability
+dropout (GPT-1/2 train with it) needs the probabilities, so that case uses an explicit softmax.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+
+def attention_mask(
+    segment_ids: jax.Array | None, q_len: int, kv_len: int, window: int | None
+) -> jax.Array:
+    """Boolean [B or 1, 1, T, S] mask: causal, same segment, and within `window` tokens (itself included)."""
+    q = jnp.arange(q_len)[:, None]
+    k = jnp.arange(kv_len)[None, :]
+    mask = k <= q
+    if window is not None:
+        mask &= k > q - window
+    mask = mask[None, None]  # [1, 1, T, S]
+    if segment_ids is not None:
+        mask = mask & (segment_ids[:, None, :, None] == segment_ids[:, None, None, :])
+    return mask
+
+
+def dot_product_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    segment_ids: jax.Array | None = None,
+    window: int | None = None,
+    dropout_rate: float = 0.0,
+    dropout_rng: jax.Array | None = None,
+    implementation: str | None = None,
+) -> jax.Array:
+    """Causal attention over q, k, v of shape [B, T, N, H]; returns [B, T, N, H].
+
+    Token t attends to tokens s <= t of its own segment (segment_ids [B, T], 0 = padding) and, when `window`
+    is set, only to the `window` most recent ones (itself included).
+    """
+    if dropout_rate > 0.0 and dropout_rng is not None:
+        return _attention_with_dropout(q, k, v, segment_ids, window, dropout_rate, dropout_rng)
+    mask = None
+    if segment_ids is not None:
+        mask = segment_ids[:, None, :, None] == segment_ids[:, None, None, :]  # [B, 1, T, S]
+    return jax.nn.dot_product_attention(
+        q,
+        k,
+        v,
+        mask=mask,
+        is_causal=True,
+        local_window_size=(window - 1, 0) if window is not None else None,
+        implementation=implementation,
+    )
+
+
+def _attention_with_dropout(q, k, v, segment_ids, window, rate, rng):
+    b, t, n, h = q.shape
+    logits = jnp.einsum("btnh,bsnh->bnts", q, k).astype(jnp.float32) / jnp.sqrt(h).astype(jnp.float32)
+    mask = attention_mask(segment_ids, t, k.shape[1], window)
+    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1)
+    keep = jax.random.bernoulli(rng, 1.0 - rate, probs.shape)
+    probs = jnp.where(keep, probs / (1.0 - rate), 0.0).astype(v.dtype)
+    return jnp.einsum("bnts,bsnh->btnh", probs, v)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention with a fused QKV projection.
+
+    Parameters keep heads as their own dimension ([D, 3, N, H] and [N, H, D]) so tensor parallelism shards
+    heads without reshapes; the layout maps one-to-one onto GPT-2's `c_attn`/`c_proj`.
+    """
+
+    n_head: int
+    d_head: int
+    window: int | None = None
+    attn_dropout: float = 0.0
+    resid_dropout: float = 0.0
+    out_init_std: float = 0.02
+    init_std: float = 0.02
+    implementation: str | None = None
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array, segment_ids: jax.Array | None = None) -> jax.Array:
+        d_model = x.shape[-1]
+        n, h = self.n_head, self.d_head
+        init = nn.initializers.normal(self.init_std)
+        w_qkv = self.param(
+            "qkv_kernel",
+            nn.with_logical_partitioning(init, ("embed", "qkv", "heads", "kv")),
+            (d_model, 3, n, h),
+            self.param_dtype,
+        )
+        b_qkv = self.param(
+            "qkv_bias",
+            nn.with_logical_partitioning(nn.initializers.zeros, ("qkv", "heads", "kv")),
+            (3, n, h),
+            self.param_dtype,
+        )
+        qkv = jnp.einsum("btd,dknh->btknh", x, w_qkv.astype(self.dtype)) + b_qkv.astype(self.dtype)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, T, N, H] each
+        q = nn.with_logical_constraint(q, ("batch", "length", "act_heads", "kv"))
+        k = nn.with_logical_constraint(k, ("batch", "length", "act_heads", "kv"))
+        v = nn.with_logical_constraint(v, ("batch", "length", "act_heads", "kv"))
+
+        use_dropout = not self.deterministic and self.attn_dropout > 0.0
+        y = dot_product_attention(
+            q,
+            k,
+            v,
+            segment_ids=segment_ids,
+            window=self.window,
+            dropout_rate=self.attn_dropout if use_dropout else 0.0,
+            dropout_rng=self.make_rng("dropout") if use_dropout else None,
+            implementation=self.implementation,
+        )
+        y = nn.with_logical_constraint(y, ("batch", "length", "act_heads", "kv"))
+
+        w_out = self.param(
+            "out_kernel",
+            nn.with_logical_partitioning(nn.initializers.normal(self.out_init_std), ("heads", "kv", "embed")),
+            (n, h, d_model),
+            self.param_dtype,
+        )
+        b_out = self.param(
+            "out_bias",
+            nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)),
+            (d_model,),
+            self.param_dtype,
+        )
+        y = jnp.einsum("btnh,nhd->btd", y, w_out.astype(self.dtype)) + b_out.astype(self.dtype)
+        y = nn.Dropout(self.resid_dropout)(y, deterministic=self.deterministic)
+        return nn.with_logical_constraint(y, ("batch", "length", "act_embed"))

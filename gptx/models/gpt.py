@@ -1,0 +1,257 @@
+"""The GPT decoder family: GPT-1 (post-LN), GPT-2 (pre-LN + final LN), GPT-3 (dense/banded layers).
+
+Pure Flax linen: parameters carry logical axis names, activations carry logical constraints, and nothing here
+knows about devices (see gptx/mesh.py). The compute dtype (e.g. bfloat16) is separate from the parameter dtype.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import linen as nn
+
+from gptx.models.attention import CausalSelfAttention
+
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class GPTConfig:
+    """Hashable model hyper-parameters (a frozen copy of `config.model`)."""
+
+    vocab_size: int = 50257
+    block_size: int = 1024
+    n_layer: int = 12
+    n_head: int = 12
+    d_model: int = 768
+    d_head: int = 0
+    d_ff: int = 0
+    arch: str = "gpt2"
+    dropout: float = 0.1
+    attn_dropout: float = 0.1
+    attention: str = "dense"
+    local_window: int = 256
+    attention_impl: str = "auto"
+    layer_norm_eps: float = 1e-5
+    init_std: float = 0.02
+    dtype: jnp.dtype | str = "float32"
+    param_dtype: jnp.dtype | str = "float32"
+    remat: str = "none"
+    scan_layers: bool = False
+    name: str = "custom"
+
+    def __post_init__(self):
+        # Accept dtype names from configs; modules want dtype objects.
+        object.__setattr__(self, "dtype", jnp.dtype(self.dtype))
+        object.__setattr__(self, "param_dtype", jnp.dtype(self.param_dtype))
+
+    @classmethod
+    def from_config(cls, model_cfg: ml_collections.ConfigDict) -> GPTConfig:
+        return cls(**model_cfg.to_dict())
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_head or self.d_model // self.n_head
+
+    @property
+    def ff_dim(self) -> int:
+        return self.d_ff or 4 * self.d_model
+
+    @property
+    def pre_ln(self) -> bool:
+        return self.arch != "gpt1"
+
+    def window(self, layer: int) -> int | None:
+        """Attention window of a layer: None (dense) or the band width. GPT-3 alternates, dense first."""
+        if self.attention == "alternating" and layer % 2 == 1:
+            return self.local_window
+        return None
+
+
+def _layer_norm(cfg: GPTConfig, name: str) -> nn.LayerNorm:
+    return nn.LayerNorm(
+        epsilon=cfg.layer_norm_eps,
+        dtype=cfg.dtype,
+        param_dtype=cfg.param_dtype,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)),
+        name=name,
+    )
+
+
+class MLP(nn.Module):
+    """Position-wise GELU MLP, d_model -> d_ff -> d_model."""
+
+    cfg: GPTConfig
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        cfg, d = self.cfg, x.shape[-1]
+        w_fc = self.param(
+            "fc_kernel",
+            nn.with_logical_partitioning(nn.initializers.normal(cfg.init_std), ("embed", "mlp")),
+            (d, cfg.ff_dim),
+            cfg.param_dtype,
+        )
+        b_fc = self.param(
+            "fc_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)), (cfg.ff_dim,), cfg.param_dtype
+        )
+        h = jnp.einsum("btd,df->btf", x, w_fc.astype(cfg.dtype)) + b_fc.astype(cfg.dtype)
+        h = nn.with_logical_constraint(h, ("batch", "length", "act_mlp"))
+        h = nn.gelu(h, approximate=True)  # GPT-1/2 use the tanh approximation
+        w_proj = self.param(
+            "proj_kernel",
+            nn.with_logical_partitioning(nn.initializers.normal(_resid_std(cfg)), ("mlp", "embed")),
+            (cfg.ff_dim, d),
+            cfg.param_dtype,
+        )
+        b_proj = self.param(
+            "proj_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)), (d,), cfg.param_dtype
+        )
+        y = jnp.einsum("btf,fd->btd", h, w_proj.astype(cfg.dtype)) + b_proj.astype(cfg.dtype)
+        y = nn.Dropout(cfg.dropout)(y, deterministic=self.deterministic)
+        return nn.with_logical_constraint(y, ("batch", "length", "act_embed"))
+
+
+def _resid_std(cfg: GPTConfig) -> float:
+    """GPT-2 scales the init of projections into the residual stream by 1/sqrt(2 * n_layer)."""
+    return cfg.init_std / math.sqrt(2 * cfg.n_layer) if cfg.pre_ln else cfg.init_std
+
+
+class Block(nn.Module):
+    """One Transformer layer. Post-LN (GPT-1): x = LN(x + f(x)); pre-LN (GPT-2/3): x = x + f(LN(x))."""
+
+    cfg: GPTConfig
+    window: int | None = None
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array, segment_ids: jax.Array | None) -> tuple[jax.Array, None]:
+        cfg = self.cfg
+        attn = CausalSelfAttention(
+            n_head=cfg.n_head,
+            d_head=cfg.head_dim,
+            window=self.window,
+            attn_dropout=cfg.attn_dropout,
+            resid_dropout=cfg.dropout,
+            out_init_std=_resid_std(cfg),
+            init_std=cfg.init_std,
+            implementation=None if cfg.attention_impl == "auto" else cfg.attention_impl,
+            dtype=cfg.dtype,
+            param_dtype=cfg.param_dtype,
+            deterministic=self.deterministic,
+            name="attn",
+        )
+        mlp = MLP(cfg, deterministic=self.deterministic, name="mlp")
+        ln_1, ln_2 = _layer_norm(cfg, "ln_1"), _layer_norm(cfg, "ln_2")
+        if cfg.pre_ln:
+            x = x + attn(ln_1(x), segment_ids)
+            x = x + mlp(ln_2(x))
+        else:
+            x = ln_1(x + attn(x, segment_ids))
+            x = ln_2(x + mlp(x))
+        return nn.with_logical_constraint(x, ("batch", "length", "act_embed")), None
+
+
+class LayerGroup(nn.Module):
+    """The repeating unit of the layer stack: one dense layer, or a dense + banded pair (GPT-3).
+
+    Scanning over groups keeps each layer's window static, as the attention kernels need.
+    """
+
+    cfg: GPTConfig
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array, segment_ids: jax.Array | None) -> tuple[jax.Array, None]:
+        block = _maybe_remat(self.cfg)
+        for i in range(_group_size(self.cfg)):
+            x, _ = block(self.cfg, self.cfg.window(i), self.deterministic, name=f"layer_{i}")(x, segment_ids)
+        return x, None
+
+
+def _group_size(cfg: GPTConfig) -> int:
+    return 2 if cfg.attention == "alternating" else 1
+
+
+def _maybe_remat(cfg: GPTConfig) -> type[Block]:
+    if cfg.remat == "none":
+        return Block
+    return nn.remat(Block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
+
+
+class GPT(nn.Module):
+    """Decoder-only Transformer language model with tied input/output embeddings.
+
+    Call with tokens [B, T] (int), optional positions [B, T] (per-segment positions of packed sequences) and
+    segment_ids [B, T] (documents numbered from 1, 0 = padding); returns logits [B, T, vocab] in float32,
+    or the final hidden states [B, T, D] when `return_hidden`.
+    """
+
+    cfg: GPTConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        tokens: jax.Array,
+        positions: jax.Array | None = None,
+        segment_ids: jax.Array | None = None,
+        *,
+        deterministic: bool = True,
+        return_hidden: bool = False,
+    ) -> jax.Array:
+        cfg = self.cfg
+        _, t = tokens.shape
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(t), tokens.shape)
+        wte = self.param(
+            "wte",
+            nn.with_logical_partitioning(nn.initializers.normal(cfg.init_std), ("vocab", "embed")),
+            (cfg.vocab_size, cfg.d_model),
+            cfg.param_dtype,
+        )
+        wpe = self.param(
+            "wpe",
+            nn.with_logical_partitioning(nn.initializers.normal(cfg.init_std), ("positions", "embed")),
+            (cfg.block_size, cfg.d_model),
+            cfg.param_dtype,
+        )
+        x = (jnp.take(wte, tokens, axis=0) + jnp.take(wpe, positions, axis=0)).astype(cfg.dtype)
+        x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
+        x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
+        x = self._layers(x, segment_ids, deterministic)
+        if cfg.pre_ln:
+            x = _layer_norm(cfg, "ln_f")(x)
+        if return_hidden:
+            return x
+        logits = jnp.einsum("btd,vd->btv", x, wte.astype(cfg.dtype))
+        logits = nn.with_logical_constraint(logits, ("batch", "length", "act_vocab"))
+        return logits.astype(jnp.float32)
+
+    def _layers(self, x: jax.Array, segment_ids: jax.Array | None, deterministic: bool) -> jax.Array:
+        cfg = self.cfg
+        n_groups = cfg.n_layer // _group_size(cfg)
+        if cfg.scan_layers:
+            scanned = nn.scan(
+                LayerGroup,
+                variable_axes={"params": 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=nn.broadcast,
+                length=n_groups,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )
+            x, _ = scanned(cfg, deterministic, name="layers")(x, segment_ids)
+            return x
+        block = _maybe_remat(cfg)
+        for i in range(cfg.n_layer):
+            x, _ = block(cfg, cfg.window(i), deterministic, name=f"h_{i}")(x, segment_ids)
+        return x

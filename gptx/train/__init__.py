@@ -1,0 +1,1 @@
+"""Training: state and optimizer, the one loop, and the step functions plugged into it."""

@@ -1,0 +1,95 @@
+"""GPT language-model pretraining: the `train` command assembled from data, model, optimizer and loop."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from absl import logging
+from jax.sharding import Mesh
+
+from gptx import config as config_lib
+from gptx import flops as flops_lib
+from gptx import mesh as mesh_lib
+from gptx.data import loader, sources
+from gptx.data import tokenizer as tokenizer_lib
+from gptx.models import GPT, GPTConfig
+from gptx.train import lm, loop
+from gptx.train.state import TrainState, lr_schedule, make_optimizer
+
+
+def tokenizer_path(cfg: ml_collections.ConfigDict, workdir: str) -> str:
+    return cfg.data.tokenizer or os.path.join(workdir, "tokenizer.model")
+
+
+def train_tokenizer(cfg: ml_collections.ConfigDict, workdir: str) -> tokenizer_lib.Tokenizer:
+    """Trains the config's SentencePiece BPE on the training split of the corpus; saves it in the workdir."""
+    docs, _ = loader.split_train_val(
+        sources.read_documents(cfg.data.corpus, cfg.data.doc_separator), cfg.data.val_fraction
+    )
+    t = cfg.tokenizer
+    tok = tokenizer_lib.train(docs, t.vocab_size, t.model_type, t.character_coverage, t.byte_fallback)
+    path = tokenizer_path(cfg, workdir)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if jax.process_index() == 0:
+        tok.save(path)
+    logging.info("trained a %d-piece %s tokenizer -> %s", tok.vocab_size, t.model_type, path)
+    return tok
+
+
+def load_tokenizer(cfg: ml_collections.ConfigDict, workdir: str) -> tokenizer_lib.Tokenizer:
+    """The configured tokenizer; the default WORKDIR/tokenizer.model is trained when missing."""
+    path = tokenizer_path(cfg, workdir)
+    if not cfg.data.tokenizer and not os.path.exists(path):
+        return train_tokenizer(cfg, workdir)
+    return tokenizer_lib.Tokenizer.load(path)
+
+
+def make_trainer(
+    cfg: ml_collections.ConfigDict, tok: tokenizer_lib.Tokenizer, train_docs: list[str], val_docs: list[str]
+) -> loop.Trainer:
+    """The LM Trainer: GPT + AdamW, packed grain batches of train_docs, eval on val_docs."""
+    if tok.vocab_size > cfg.model.vocab_size:
+        raise config_lib.ConfigError(
+            f"config.model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's "
+            f"{tok.vocab_size} pieces"
+        )
+    model_cfg = GPTConfig.from_config(cfg.model)
+    model = GPT(model_cfg)
+    tx = make_optimizer(cfg.train)
+    seq_len = config_lib.seq_len(cfg)
+    t = cfg.train
+
+    def init_fn(rng: jax.Array) -> TrainState:
+        params = model.init(rng, jnp.zeros((1, seq_len), jnp.int32))["params"]
+        return TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+
+    def data(docs: list[str], train: bool):
+        return loader.lm_dataset(
+            docs, tok, seq_len=seq_len, batch_size=t.batch_size, seed=cfg.data.seed, train=train,
+            worker_count=cfg.data.worker_count if train else 0,
+        )
+
+    tokens = t.batch_size * seq_len
+    return loop.Trainer(
+        init_fn=init_fn,
+        train_step=lm.make_train_step(model, t.grad_accum, lr_schedule(t)),
+        train_data=data(train_docs, True),
+        eval_step=lm.make_eval_step(model),
+        eval_data=(lambda: data(val_docs, False)) if val_docs else None,
+        flops_per_step=flops_lib.flops_per_token(model_cfg, seq_len) * tokens,
+        tokens_per_step=tokens,
+    )
+
+
+def run(cfg: ml_collections.ConfigDict, workdir: str, mesh: Mesh | None = None) -> loop.LoopResult:
+    """`gptx.main train`: pretrains a GPT on config.data.corpus, checkpointing into workdir."""
+    mesh = mesh or mesh_lib.make_mesh(cfg.mesh)
+    tok = load_tokenizer(cfg, workdir)
+    docs = sources.read_documents(cfg.data.corpus, cfg.data.doc_separator)
+    train_docs, val_docs = loader.split_train_val(docs, cfg.data.val_fraction)
+    logging.info("%d training and %d validation documents", len(train_docs), len(val_docs))
+    trainer = make_trainer(cfg, tok, train_docs, val_docs)
+    return loop.train(trainer, cfg, workdir, mesh)
