@@ -9,6 +9,12 @@ import lzma
 import re
 
 BUNDLED = {"tinyshakespeare": "tinyshakespeare.txt"}
+
+
+class DataError(ValueError):
+    """Input data that cannot be read; the message names the file and line."""
+
+
 _OPENERS = {".gz": gzip.open, ".xz": lzma.open, ".bz2": bz2.open}
 
 
@@ -17,7 +23,7 @@ def resolve(path: str) -> str:
     if path.startswith("bundled:"):
         name = path.removeprefix("bundled:")
         if name not in BUNDLED:
-            raise ValueError(f"no bundled corpus {name!r}; bundled: {', '.join(BUNDLED)}")
+            raise DataError(f"no bundled corpus {name!r}; bundled: {', '.join(BUNDLED)}")
         return str(importlib.resources.files("gptx") / "assets" / BUNDLED[name])
     return path
 
@@ -35,7 +41,7 @@ def read_text(path: str) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
-        raise ValueError(f"{path}: line {line} (byte {e.start}) is not valid UTF-8: {e.reason}") from None
+        raise DataError(f"{path}: line {line} (byte {e.start}) is not valid UTF-8: {e.reason}") from None
 
 
 def split_documents(text: str, separator: str) -> list[str]:

@@ -133,6 +133,21 @@ def restore_or_init(
     return restored["state"]
 
 
+def restore_latest_state(
+    init_fn: Callable[[jax.Array], TrainState], workdir: str, mesh: Mesh, rng: jax.Array
+) -> TrainState:
+    """The model and optimizer state of the latest checkpoint in WORKDIR/checkpoints, sharded on `mesh`."""
+    mngr = ocp.CheckpointManager(
+        os.path.join(os.path.abspath(workdir), "checkpoints"),
+        item_handlers={"state": ocp.StandardCheckpointHandler()},
+    )
+    step = mngr.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train first")
+    _, target = abstract_state(init_fn, mesh, rng)
+    return mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+
+
 def train(trainer: Trainer, config, workdir: str, mesh: Mesh) -> LoopResult:
     """Runs `config.train.steps` optimizer steps in total (resuming from WORKDIR/checkpoints if present).
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -47,6 +48,19 @@ def load_tokenizer(cfg: ml_collections.ConfigDict, workdir: str) -> tokenizer_li
     return tokenizer_lib.Tokenizer.load(path)
 
 
+def make_model(cfg: ml_collections.ConfigDict) -> tuple[GPT, Callable[[jax.Array], TrainState]]:
+    """The GPT of config.model and an init function for its TrainState (params logically annotated)."""
+    model = GPT(GPTConfig.from_config(cfg.model))
+    tx = make_optimizer(cfg.train)
+    seq_len = config_lib.seq_len(cfg)
+
+    def init_fn(rng: jax.Array) -> TrainState:
+        params = model.init(rng, jnp.zeros((1, seq_len), jnp.int32))["params"]
+        return TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+
+    return model, init_fn
+
+
 def make_trainer(
     cfg: ml_collections.ConfigDict, tok: tokenizer_lib.Tokenizer, train_docs: list[str], val_docs: list[str]
 ) -> loop.Trainer:
@@ -56,15 +70,9 @@ def make_trainer(
             f"config.model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's "
             f"{tok.vocab_size} pieces"
         )
-    model_cfg = GPTConfig.from_config(cfg.model)
-    model = GPT(model_cfg)
-    tx = make_optimizer(cfg.train)
+    model, init_fn = make_model(cfg)
     seq_len = config_lib.seq_len(cfg)
     t = cfg.train
-
-    def init_fn(rng: jax.Array) -> TrainState:
-        params = model.init(rng, jnp.zeros((1, seq_len), jnp.int32))["params"]
-        return TrainState.create(apply_fn=model.apply, params=params, tx=tx)
 
     def data(docs: list[str], train: bool):
         return loader.lm_dataset(
@@ -79,7 +87,7 @@ def make_trainer(
         train_data=data(train_docs, True),
         eval_step=lm.make_eval_step(model),
         eval_data=(lambda: data(val_docs, False)) if val_docs else None,
-        flops_per_step=flops_lib.flops_per_token(model_cfg, seq_len) * tokens,
+        flops_per_step=flops_lib.flops_per_token(model.cfg, seq_len) * tokens,
         tokens_per_step=tokens,
     )
 
@@ -93,3 +101,12 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, mesh: Mesh | None = None) 
     logging.info("%d training and %d validation documents", len(train_docs), len(val_docs))
     trainer = make_trainer(cfg, tok, train_docs, val_docs)
     return loop.train(trainer, cfg, workdir, mesh)
+
+
+def load_trained(cfg: ml_collections.ConfigDict, workdir: str) -> tuple[GPT, dict, tokenizer_lib.Tokenizer]:
+    """(model, params, tokenizer) from the latest checkpoint of a `train` run in workdir."""
+    mesh = mesh_lib.make_mesh(cfg.mesh)
+    model, init_fn = make_model(cfg)
+    with mesh_lib.activation_rules(mesh):
+        state = loop.restore_latest_state(init_fn, workdir, mesh, jax.random.key(cfg.train.seed))
+    return model, state.params, tokenizer_lib.Tokenizer.load(tokenizer_path(cfg, workdir))
