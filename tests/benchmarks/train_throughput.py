@@ -1,0 +1,237 @@
+"""Train-step throughput: gptx (JAX) against Hugging Face GPT2LMHeadModel (PyTorch) on the same shapes.
+
+    python tests/benchmarks/train_throughput.py [--steps 5 --repeats 5 --batch 8 --seq 256 --vocab 50257 ...]
+
+Both sides run one full optimizer step per iteration on the same model: pre-LN GPT-2 blocks with tied
+embeddings, tanh GELU, dropout 0, float32, global-norm clipping at 1.0 and AdamW (b1, b2, eps and weight
+decay from `gptx.config.default()`, decay on weight matrices only). Warmup steps (and JAX compilation) are
+excluded; each of `--repeats` timed repeats runs `--steps` steps and the medians are reported. stdout gets
+exactly one JSON line; everything else goes to stderr.
+
+By default the batch has no segment ids (one document per row, as the Hugging Face model sees it), so the
+attention is plain causal on both sides; `--segment_ids` times gptx with the packed-sequence mask instead.
+
+XLA CPU flags: `--xla_flags="..."` is appended to XLA_FLAGS before JAX starts, to try options such as
+`--xla_cpu_multi_thread_eigen=false` or `--xla_cpu_use_thunk_runtime=false`; the flags in effect go into
+the JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=5, help="optimizer steps per timed repeat")
+    p.add_argument("--repeats", type=int, default=5, help="timed repeats; medians are reported")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (JAX: after compilation)")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seq", type=int, default=256)
+    p.add_argument("--layers", type=int, default=6)
+    p.add_argument("--d_model", type=int, default=384)
+    p.add_argument("--heads", type=int, default=6)
+    p.add_argument("--vocab", type=int, default=50257)
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads; 0: the usable cores")
+    p.add_argument("--attention_impl", default="auto", choices=("auto", "xla", "cudnn"))
+    p.add_argument("--segment_ids", action="store_true", help="gptx gets packed-sequence segment ids (all 1)")
+    p.add_argument("--xla_flags", default="", help="appended to XLA_FLAGS before jax is imported")
+    p.add_argument("--only", choices=("both", "gptx", "hf"), default="both")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def log(*a) -> None:
+    print(*a, file=sys.stderr, flush=True)
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def time_repeats(run_steps, args) -> list[float]:
+    """Seconds per step of each timed repeat."""
+    run_steps(args.warmup)
+    times = []
+    for r in range(args.repeats):
+        t0 = time.perf_counter()
+        run_steps(args.steps)
+        dt = (time.perf_counter() - t0) / args.steps
+        times.append(dt)
+        log(f"  repeat {r}: {dt * 1e3:.1f} ms/step")
+    return times
+
+
+def bench_gptx(args) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import linen as nn
+
+    from gptx import config as config_lib
+    from gptx import mesh as mesh_lib
+    from gptx.models import GPT, GPTConfig
+    from gptx.train import lm
+    from gptx.train.state import TrainState, make_optimizer
+
+    cfg = config_lib.default()
+    cfg.model.update(
+        vocab_size=args.vocab, block_size=max(args.seq, 1024), n_layer=args.layers, n_head=args.heads,
+        d_model=args.d_model, arch="gpt2", dropout=0.0, attn_dropout=0.0, dtype="float32",
+        param_dtype="float32", attention_impl=args.attention_impl,
+    )
+    cfg.train.batch_size = args.batch
+    cfg.data.seq_len = args.seq
+    cfg.mesh.update(data=1, fsdp=1, tensor=1)
+    config_lib.validate(cfg)
+    model = GPT(GPTConfig.from_config(cfg.model))
+    tx = make_optimizer(cfg.train)
+    # A one-device mesh: the model's logical constraints resolve against it (all replicated).
+    mesh = mesh_lib.make_mesh(cfg.mesh, devices=jax.devices()[:1])
+
+    rng = np.random.default_rng(args.seed)
+    tokens = rng.integers(0, args.vocab, (args.batch, args.seq + 1), dtype=np.int32)
+    batch = {
+        "inputs": jnp.asarray(tokens[:, :-1]),
+        "targets": jnp.asarray(tokens[:, 1:]),
+        "positions": jnp.broadcast_to(jnp.arange(args.seq, dtype=jnp.int32), (args.batch, args.seq)),
+        "segment_ids": jnp.ones((args.batch, args.seq), jnp.int32) if args.segment_ids else None,
+        "weights": jnp.ones((args.batch, args.seq), jnp.float32),
+    }
+
+    with mesh_lib.activation_rules(mesh):
+
+        @jax.jit
+        def init(r):
+            params = model.init(r, jnp.zeros((1, args.seq), jnp.int32))["params"]
+            return TrainState.create(apply_fn=model.apply, params=nn.meta.unbox(params), tx=tx)
+
+        state = init(jax.random.key(args.seed))
+        step = jax.jit(lm.make_train_step(model), donate_argnums=(0,))
+        step_rng = jax.random.key(args.seed + 1)
+        t0 = time.perf_counter()
+        compiled = step.lower(state, batch, step_rng).compile()
+        compile_s = time.perf_counter() - t0
+        log(f"gptx: compiled in {compile_s:.1f}s")
+        holder = {"state": state}
+
+        def run_steps(n: int) -> None:
+            s = holder["state"]
+            metrics = None
+            for _ in range(n):
+                s, metrics = compiled(s, batch, step_rng)
+            jax.block_until_ready((s, metrics))
+            holder["state"] = s
+            holder["loss"] = float(metrics["loss"]) if metrics is not None else float("nan")
+
+        times = time_repeats(run_steps, args)
+    n_params = sum(x.size for x in jax.tree.leaves(holder["state"].params))
+    return {"times": times, "compile_s": compile_s, "loss": holder.get("loss"), "params": int(n_params)}
+
+
+def bench_hf(args, threads: int) -> dict:
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from gptx import config as config_lib
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(args.seed)
+    t = config_lib.default().train
+    hf_cfg = GPT2Config(
+        vocab_size=args.vocab, n_positions=max(args.seq, 1024), n_embd=args.d_model, n_layer=args.layers,
+        n_head=args.heads, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, activation_function="gelu_new",
+        layer_norm_epsilon=1e-5, tie_word_embeddings=True,
+    )
+    model = GPT2LMHeadModel(hf_cfg).float().train()
+    # As gptx: weight decay on matrices (and the embedding tables), not on biases or LayerNorm gains.
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=t.lr, betas=(t.b1, t.b2), eps=t.eps,
+    )
+    g = torch.Generator().manual_seed(args.seed)
+    tokens = torch.randint(0, args.vocab, (args.batch, args.seq + 1), generator=g)
+    inputs, targets = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
+    holder = {}
+
+    def run_steps(n: int) -> None:
+        for _ in range(n):
+            opt.zero_grad(set_to_none=True)
+            logits = model(input_ids=inputs).logits
+            loss = torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+            opt.step()
+            holder["loss"] = loss
+
+    times = time_repeats(run_steps, args)
+    n_params = sum(p.numel() for p in model.parameters())
+    attn = getattr(model.config, "_attn_implementation", None)
+    return {"times": times, "loss": float(holder["loss"]), "params": int(n_params), "attn": attn}
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.xla_flags:
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + args.xla_flags).strip()
+    sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
+    threads = args.threads or usable_cores()
+    tokens_per_step = args.batch * args.seq
+    out = {"benchmark": "train_throughput"}
+
+    import jax
+
+    out["jax"] = jax.__version__
+    gptx_res = hf_res = None
+    if args.only in ("both", "gptx"):
+        log("gptx (JAX) ...")
+        gptx_res = bench_gptx(args)
+    if args.only in ("both", "hf"):
+        import torch
+        import transformers
+
+        out["torch"] = torch.__version__
+        out["transformers"] = transformers.__version__
+        log(f"Hugging Face GPT2LMHeadModel (torch, {threads} threads) ...")
+        hf_res = bench_hf(args, threads)
+
+    if gptx_res:
+        med = statistics.median(gptx_res["times"])
+        out["gptx_tokens_per_s"] = round(tokens_per_step / med, 1)
+        out["gptx_ms_per_step"] = round(med * 1e3, 2)
+        out["gptx_compile_s"] = round(gptx_res["compile_s"], 2)
+    if hf_res:
+        med = statistics.median(hf_res["times"])
+        out["hf_torch_tokens_per_s"] = round(tokens_per_step / med, 1)
+        out["hf_torch_ms_per_step"] = round(med * 1e3, 2)
+        out["hf_attn_implementation"] = hf_res["attn"]
+    if gptx_res and hf_res:
+        out["ratio"] = round(out["gptx_tokens_per_s"] / out["hf_torch_tokens_per_s"], 3)
+        if gptx_res["params"] != hf_res["params"]:
+            log(f"warning: parameter counts differ: gptx {gptx_res['params']} vs hf {hf_res['params']}")
+    out["params"] = (gptx_res or hf_res)["params"]
+    out["shapes"] = {
+        "batch": args.batch, "seq": args.seq, "layers": args.layers, "d_model": args.d_model,
+        "heads": args.heads, "vocab": args.vocab, "dtype": "float32",
+    }
+    out["steps"], out["repeats"], out["warmup"] = args.steps, args.repeats, args.warmup
+    out["segment_ids"] = args.segment_ids
+    out["attention_impl"] = args.attention_impl
+    out["threads"] = {"torch": threads, "usable_cores": usable_cores(), "jax_cpu": "xla default (all cores)"}
+    out["xla_flags"] = os.environ.get("XLA_FLAGS", "")
+    out["device"] = jax.devices()[0].device_kind
+    print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    main()

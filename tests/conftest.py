@@ -1,0 +1,53 @@
+"""Test setup: 8 simulated CPU devices for mesh tests (set before JAX initialises its backend)."""
+
+import os
+import pathlib
+import sys
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import ml_collections  # noqa: E402
+import pytest  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+sys.path.insert(0, str(REPO))
+
+
+def load_config(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """get_config(arg) of configs/NAME.py, as `--config=configs/NAME.py:ARG` would load it."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"configs_{name}", REPO / "configs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config() if arg is None else module.get_config(arg)
+
+
+def tiny_config(**model) -> ml_collections.ConfigDict:
+    """A seconds-to-train config on the bundled corpus, one device."""
+    from gptx import config
+
+    c = config.default()
+    c.model.update(
+        {**dict(vocab_size=256, block_size=32, n_layer=2, n_head=2, d_model=32, dropout=0.0, attn_dropout=0.0),
+         **model}
+    )
+    c.tokenizer.vocab_size = 256
+    c.data.update(seq_len=32)
+    c.train.update(
+        steps=8, batch_size=8, lr=1e-3, warmup_steps=2, log_every=1, eval_every=4, eval_batches=2, ckpt_every=4,
+        progress=False, async_ckpt=False,
+    )
+    c.mesh.update(data=1, fsdp=1, tensor=1)
+    return c
+
+
+@pytest.fixture
+def one_device_mesh():
+    from gptx import mesh
+
+    c = tiny_config()
+    return mesh.make_mesh(c.mesh, devices=jax.devices()[:1])
