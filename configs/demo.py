@@ -9,14 +9,28 @@ from gptx import config as gptx_config
 def get_config(arg: str = ""):
     c = gptx_config.default()
     c.model.update(
-        name="demo", arch="gpt2", vocab_size=1024, block_size=128, n_layer=4, n_head=4, d_model=128,
-        dropout=0.1, attn_dropout=0.0,
+        name="demo",
+        arch="gpt2",
+        vocab_size=1024,
+        block_size=128,
+        n_layer=4,
+        n_head=4,
+        d_model=128,
+        dropout=0.1,
+        attn_dropout=0.0,
     )
     c.tokenizer.vocab_size = 1024
     c.data.update(corpus="bundled:tinyshakespeare", doc_separator="blank_line", val_fraction=0.1)
     c.train.update(
-        steps=500, batch_size=32, lr=3e-3, warmup_steps=50, log_every=10, eval_every=100, eval_batches=8,
-        ckpt_every=250, weight_decay=0.1,
+        steps=500,
+        batch_size=32,
+        lr=3e-3,
+        warmup_steps=50,
+        log_every=10,
+        eval_every=100,
+        eval_batches=8,
+        ckpt_every=250,
+        weight_decay=0.1,
     )
     c.mesh.update(data=-1, fsdp=1, tensor=1)
     return c

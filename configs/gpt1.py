@@ -13,11 +13,25 @@ def get_config(arg: str = "117m"):
     c = gptx_config.default()
     n_layer, d_model, n_head, ctx, vocab = SIZES[arg]
     c.model.update(
-        name=f"gpt1-{arg}", arch="gpt1", n_layer=n_layer, d_model=d_model, n_head=n_head,
-        block_size=ctx, vocab_size=vocab, dropout=0.1, attn_dropout=0.1,
+        name=f"gpt1-{arg}",
+        arch="gpt1",
+        n_layer=n_layer,
+        d_model=d_model,
+        n_head=n_head,
+        block_size=ctx,
+        vocab_size=vocab,
+        dropout=0.1,
+        attn_dropout=0.1,
     )
     # Section 4.1: minibatches of 64 x 512 tokens, max lr 2.5e-4 warmed up linearly over 2000 updates and
     # annealed to 0 with a cosine schedule; L2 weight decay 0.01 on non-bias, non-gain weights.
-    c.train.update(batch_size=64, lr=2.5e-4, warmup_steps=2000, min_lr_ratio=0.0, weight_decay=0.01,
-                   b2=0.999, steps=100_000)
+    c.train.update(
+        batch_size=64,
+        lr=2.5e-4,
+        warmup_steps=2000,
+        min_lr_ratio=0.0,
+        weight_decay=0.01,
+        b2=0.999,
+        steps=100_000,
+    )
     return c

@@ -19,8 +19,13 @@ def get_config(arg: str = "124m"):
     c = gptx_config.default()
     n_layer, d_model, n_head, lr = SIZES[arg]
     c.model.update(
-        name=f"gpt2-{arg}", arch="gpt2", n_layer=n_layer, d_model=d_model, n_head=n_head,
-        block_size=1024, vocab_size=50257,
+        name=f"gpt2-{arg}",
+        arch="gpt2",
+        n_layer=n_layer,
+        d_model=d_model,
+        n_head=n_head,
+        block_size=1024,
+        vocab_size=50257,
     )
     c.train.update(batch_size=512, lr=lr, warmup_steps=2000, steps=100_000)  # 512 x 1024 tokens (Sec. 2.3)
     return c

@@ -32,16 +32,36 @@ def get_config(arg: str = "125m"):
     c = gptx_config.default()
     n_layer, d_model, n_head, d_head, batch_tokens, lr = SIZES[arg]
     c.model.update(
-        name=f"gpt3-{arg}", arch="gpt3", n_layer=n_layer, d_model=d_model, n_head=n_head, d_head=d_head,
-        block_size=CONTEXT, vocab_size=50257, attention="alternating", local_window=256,
-        dropout=0.0, attn_dropout=0.0, dtype="bfloat16", scan_layers=True, remat="dots_no_batch",
+        name=f"gpt3-{arg}",
+        arch="gpt3",
+        n_layer=n_layer,
+        d_model=d_model,
+        n_head=n_head,
+        d_head=d_head,
+        block_size=CONTEXT,
+        vocab_size=50257,
+        attention="alternating",
+        local_window=256,
+        dropout=0.0,
+        attn_dropout=0.0,
+        dtype="bfloat16",
+        scan_layers=True,
+        remat="dots_no_batch",
     )
     # Appendix B: Adam(0.9, 0.95, 1e-8), clip 1.0, cosine to 10% over 260B tokens, 375M warmup tokens,
     # weight decay 0.1.
     batch = batch_sequences(batch_tokens)
     c.train.update(
-        batch_size=batch, lr=lr, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, grad_clip=1.0,
-        min_lr_ratio=0.1, warmup_steps=int(375e6 // (batch * CONTEXT)), steps=int(300e9 // (batch * CONTEXT)),
+        batch_size=batch,
+        lr=lr,
+        b1=0.9,
+        b2=0.95,
+        eps=1e-8,
+        weight_decay=0.1,
+        grad_clip=1.0,
+        min_lr_ratio=0.1,
+        warmup_steps=int(375e6 // (batch * CONTEXT)),
+        steps=int(300e9 // (batch * CONTEXT)),
         decay_steps=int(260e9 // (batch * CONTEXT)),
     )
     c.mesh.update(data=1, fsdp=-1, tensor=1)

@@ -132,9 +132,7 @@ def validate_model(m: ml_collections.ConfigDict) -> None:
     if m.attention == "alternating" and m.local_window <= 0:
         raise ConfigError(f"config.model.local_window={m.local_window} must be positive for banded attention")
     if m.scan_layers and m.attention == "alternating" and m.n_layer % 2:
-        raise ConfigError(
-            f"config.model.n_layer={m.n_layer} must be even to scan alternating dense/banded layers"
-        )
+        raise ConfigError(f"config.model.n_layer={m.n_layer} must be even to scan alternating dense/banded layers")
     for key in ("dropout", "attn_dropout"):
         if not 0.0 <= m[key] < 1.0:
             raise ConfigError(f"config.model.{key}={m[key]} must be in [0, 1)")

@@ -143,8 +143,15 @@ def stage_sample(cfg: ml_collections.ConfigDict, workdir: str, report: Report) -
     texts = []
     for i, prompt in enumerate(SAMPLE_PROMPTS):
         ids = jnp.asarray([[tok.bos_id, *tok.encode(prompt)]], jnp.int32)
-        out = generate(model, params, ids, jax.random.key(i), max_new_tokens=cfg.model.block_size - ids.shape[1],
-                       temperature=0.8, top_k=40)
+        out = generate(
+            model,
+            params,
+            ids,
+            jax.random.key(i),
+            max_new_tokens=cfg.model.block_size - ids.shape[1],
+            temperature=0.8,
+            top_k=40,
+        )
         texts.append(tok.decode(np.asarray(out[0]).tolist()).split("\n\n")[0])
     for text in texts:
         print(f"---\n{text}")

@@ -26,9 +26,13 @@ def _train(cfg, workdir: str) -> None:
     from gptx.train import pretrain
 
     result = pretrain.run(cfg, workdir)
+    if jax.process_index():
+        return
     last = {k: v for row in result.history for k, v in row.items()}
-    print(f"trained to step {int(result.state.step)}: loss {last.get('loss', float('nan')):.4f}, "
-          f"eval loss {last.get('eval_loss', float('nan')):.4f}; checkpoints in {workdir}/checkpoints")
+    print(
+        f"trained to step {int(result.state.step)}: loss {last.get('loss', float('nan')):.4f}, "
+        f"eval loss {last.get('eval_loss', float('nan')):.4f}; checkpoints in {workdir}/checkpoints"
+    )
 
 
 def _tokenizer(cfg, workdir: str) -> None:

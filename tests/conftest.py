@@ -32,14 +32,24 @@ def tiny_config(**model) -> ml_collections.ConfigDict:
 
     c = config.default()
     c.model.update(
-        {**dict(vocab_size=512, block_size=32, n_layer=2, n_head=2, d_model=32, dropout=0.0, attn_dropout=0.0),
-         **model}
+        {
+            **dict(vocab_size=512, block_size=32, n_layer=2, n_head=2, d_model=32, dropout=0.0, attn_dropout=0.0),
+            **model,
+        }
     )
     c.tokenizer.vocab_size = 512
     c.data.update(seq_len=32)
     c.train.update(
-        steps=8, batch_size=8, lr=1e-3, warmup_steps=2, log_every=1, eval_every=4, eval_batches=2, ckpt_every=4,
-        progress=False, async_ckpt=False,
+        steps=8,
+        batch_size=8,
+        lr=1e-3,
+        warmup_steps=2,
+        log_every=1,
+        eval_every=4,
+        eval_batches=2,
+        ckpt_every=4,
+        progress=False,
+        async_ckpt=False,
     )
     c.mesh.update(data=1, fsdp=1, tensor=1)
     return c

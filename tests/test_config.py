@@ -60,8 +60,12 @@ def test_mesh_that_does_not_fit_the_devices():
 
 
 def test_every_shipped_config_is_valid():
-    for name, args in {"gpt1": ["117m"], "gpt2": ["124m", "355m", "774m", "1.5b"], "demo": [None],
-                       "gpt3": ["125m", "350m", "760m", "1.3b", "2.7b", "6.7b", "13b", "175b"]}.items():
+    for name, args in {
+        "gpt1": ["117m"],
+        "gpt2": ["124m", "355m", "774m", "1.5b"],
+        "demo": [None],
+        "gpt3": ["125m", "350m", "760m", "1.3b", "2.7b", "6.7b", "13b", "175b"],
+    }.items():
         for arg in args:
             config_lib.validate(load_config(name, arg))
 
@@ -70,7 +74,12 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     """`python -m gptx.main ARGS` as a user runs it: one CPU device, not the tests' 8 simulated ones."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     return subprocess.run(
-        [sys.executable, "-m", "gptx.main", *args], cwd=REPO, capture_output=True, text=True, timeout=600, env=env
+        [sys.executable, "-m", "gptx.main", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
     )
 
 

@@ -7,8 +7,14 @@ from test_config import run_cli
 
 def test_demo_learns_far_below_the_unigram_entropy(tmp_path):
     # A third of the demo's steps: the loss must already be a nat below the best context-free model.
-    out = run_cli("demo", "--config=configs/demo.py", f"--workdir={tmp_path}", "--config.train.steps=160",
-                  "--config.train.eval_every=80", "--config.train.progress=False")
+    out = run_cli(
+        "demo",
+        "--config=configs/demo.py",
+        f"--workdir={tmp_path}",
+        "--config.train.steps=160",
+        "--config.train.eval_every=80",
+        "--config.train.progress=False",
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads((tmp_path / "pretrain" / "summary.json").read_text())
     assert summary["final_eval_loss"] < summary["unigram_entropy"] - 1.0, summary

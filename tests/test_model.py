@@ -59,8 +59,10 @@ def _reference_attention(q, k, v, segment_ids, window):
         for ni in range(n):
             for i in range(t):
                 keys = [
-                    j for j in range(t)
-                    if j <= i and (window is None or i - j < window)
+                    j
+                    for j in range(t)
+                    if j <= i
+                    and (window is None or i - j < window)
                     and (segment_ids is None or segment_ids[bi, j] == segment_ids[bi, i])
                 ]
                 s = np.array([q[bi, i, ni] @ k[bi, j, ni] / np.sqrt(h) for j in keys])
@@ -121,8 +123,9 @@ def test_gpt1_is_post_ln_and_gpt2_pre_ln_with_final_norm():
 def test_scanned_layers_equal_unrolled_layers():
     cfg = GPTConfig(**SMALL, arch="gpt3", attention="alternating", local_window=4)
     model, params = init(cfg)
-    scanned_model, scanned = init(GPTConfig(**SMALL, arch="gpt3", attention="alternating", local_window=4,
-                                            scan_layers=True))
+    scanned_model, scanned = init(
+        GPTConfig(**SMALL, arch="gpt3", attention="alternating", local_window=4, scan_layers=True)
+    )
     # Stack h_0 (dense) and h_1 (banded) into the scanned layout: layers/layer_{0,1} with a leading axis.
     stacked = dict(scanned)
     stacked["layers"] = {

@@ -31,8 +31,16 @@ def test_gpt1_gpt2_sizes_match_the_released_models_exactly(file, arg):
 
 
 # GPT-3 Table 2.1 names each model by its rounded parameter count.
-GPT3 = {"125m": 125e6, "350m": 350e6, "760m": 760e6, "1.3b": 1.3e9, "2.7b": 2.7e9, "6.7b": 6.7e9, "13b": 13e9,
-        "175b": 175e9}
+GPT3 = {
+    "125m": 125e6,
+    "350m": 350e6,
+    "760m": 760e6,
+    "1.3b": 1.3e9,
+    "2.7b": 2.7e9,
+    "6.7b": 6.7e9,
+    "13b": 13e9,
+    "175b": 175e9,
+}
 
 
 @pytest.mark.parametrize("arg", sorted(GPT3))

@@ -21,8 +21,13 @@ def make_batch(cfg, seed=0):
     split = t // 3  # two packed documents per row
     seg = np.where(np.arange(t) < split, 1, 2).astype(np.int32)[None].repeat(b, 0)
     pos = np.where(np.arange(t) < split, np.arange(t), np.arange(t) - split).astype(np.int32)[None].repeat(b, 0)
-    return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "positions": pos, "segment_ids": seg,
-            "weights": np.ones((b, t), np.float32)}
+    return {
+        "inputs": tokens[:, :-1],
+        "targets": tokens[:, 1:],
+        "positions": pos,
+        "segment_ids": seg,
+        "weights": np.ones((b, t), np.float32),
+    }
 
 
 def step_on(mesh, cfg, batch):

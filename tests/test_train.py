@@ -36,10 +36,14 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, one_device_mesh):
     assert int(resumed.state.step) == 8
     loss = lambda d: {r["step"]: r["loss"] for r in logs.read_metrics(str(tmp_path / d)) if "loss" in r}
     assert sorted(loss("split")) == list(range(1, 9))
-    np.testing.assert_allclose([loss("split")[s] for s in range(1, 9)], [loss("full")[s] for s in range(1, 9)],
-                               rtol=1e-6)
-    jax.tree.map(np.testing.assert_array_equal, final_params(tmp_path / "split", cfg, one_device_mesh),
-                 jax.device_get(full.state.params))
+    np.testing.assert_allclose(
+        [loss("split")[s] for s in range(1, 9)], [loss("full")[s] for s in range(1, 9)], rtol=1e-6
+    )
+    jax.tree.map(
+        np.testing.assert_array_equal,
+        final_params(tmp_path / "split", cfg, one_device_mesh),
+        jax.device_get(full.state.params),
+    )
 
 
 def lm_trainer(cfg, workdir, wrap_step=None, data_hook=None):
@@ -63,8 +67,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, one_devic
             new_state, m = step(state, batch, rng)
             bad = state.step >= 5  # the 6th step's loss is NaN, and so are its params
             m["loss"] = jnp.where(bad, jnp.nan, m["loss"])
-            new_state = new_state.replace(params=jax.tree.map(lambda p: jnp.where(bad, jnp.nan, p),
-                                                              new_state.params))
+            new_state = new_state.replace(params=jax.tree.map(lambda p: jnp.where(bad, jnp.nan, p), new_state.params))
             return new_state, m
 
         return poisoned
@@ -89,8 +92,7 @@ def test_sigterm_saves_a_checkpoint_and_stops(tmp_path, one_device_mesh):
             os.kill(os.getpid(), signal.SIGTERM)
         return batch
 
-    result = loop.train(lm_trainer(cfg, tmp_path, data_hook=term_on_third_batch), cfg, str(tmp_path),
-                        one_device_mesh)
+    result = loop.train(lm_trainer(cfg, tmp_path, data_hook=term_on_third_batch), cfg, str(tmp_path), one_device_mesh)
     assert result.stopped_early
     step = int(result.state.step)
     assert 3 <= step < 50
@@ -103,9 +105,13 @@ def test_gradient_accumulation_equals_one_large_batch(one_device_mesh):
     state = nn.meta.unbox(init_fn(jax.random.key(0)))
     rng = np.random.default_rng(0)
     b, t = 8, 32
-    batch = {"inputs": rng.integers(0, 512, (b, t)), "targets": rng.integers(0, 512, (b, t)),
-             "positions": np.tile(np.arange(t), (b, 1)), "segment_ids": np.ones((b, t), np.int32),
-             "weights": (rng.random((b, t)) > 0.3).astype(np.float32)}  # uneven weights per micro-batch
+    batch = {
+        "inputs": rng.integers(0, 512, (b, t)),
+        "targets": rng.integers(0, 512, (b, t)),
+        "positions": np.tile(np.arange(t), (b, 1)),
+        "segment_ids": np.ones((b, t), np.int32),
+        "weights": (rng.random((b, t)) > 0.3).astype(np.float32),
+    }  # uneven weights per micro-batch
     batch = jax.tree.map(jnp.asarray, batch)
     with jax.sharding.use_mesh(one_device_mesh) if hasattr(jax.sharding, "use_mesh") else one_device_mesh:
         s1, m1 = jax.jit(lm.make_train_step(model, 1))(state, batch, jax.random.key(1))
@@ -146,7 +152,10 @@ def test_adamw_update_matches_a_hand_computed_step():
 
     tx = make_optimizer(cfg.train)
     params = {"w_kernel": jnp.asarray([[1.0, -2.0]]), "b_bias": jnp.asarray([0.5])}
-    grads = {"w_kernel": jnp.asarray([[3.0, 4.0]]), "b_bias": jnp.asarray([0.0])}  # global norm 5 -> clip to 1
+    grads = {
+        "w_kernel": jnp.asarray([[3.0, 4.0]]),
+        "b_bias": jnp.asarray([0.0]),
+    }  # global norm 5 -> clip to 1
     updates, _ = tx.update(grads, tx.init(params), params)
     g = np.array([[0.6, 0.8]])
     m, v = 0.1 * g / (1 - 0.9), 0.05 * g**2 / (1 - 0.95)

@@ -59,9 +59,7 @@ def lm_dataset(
         ds = ds.shuffle(seed=seed).repeat()
     ds = ds.map(_ToExample(tokenizer)).to_iter_dataset()
     # Documents longer than seq_len continue in the next row as a new segment with positions from 0.
-    ds = grain.experimental.ConcatThenSplitIterDataset(
-        ds, length_struct={"inputs": seq_len, "targets": seq_len}
-    )
+    ds = grain.experimental.ConcatThenSplitIterDataset(ds, length_struct={"inputs": seq_len, "targets": seq_len})
     ds = ds.map(_to_batch).batch(batch_size // n_proc, drop_remainder=True)
     if worker_count > 0:
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))

@@ -30,15 +30,16 @@ class Tokenizer:
     @classmethod
     def load(cls, path: str | os.PathLike) -> Tokenizer:
         if not os.path.exists(path):
-            raise FileNotFoundError(
-                f"tokenizer model {path} not found: train one with `python -m gptx.main tokenizer`"
-            )
+            raise FileNotFoundError(f"tokenizer model {path} not found: train one with `python -m gptx.main tokenizer`")
         with open(path, "rb") as f:
             return cls(f.read())
 
     def save(self, path: str | os.PathLike) -> None:
-        with open(path, "wb") as f:
+        # Write-then-rename: another process never sees a half-written model.
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "wb") as f:
             f.write(self.model_proto)
+        os.replace(tmp, path)
 
     @property
     def vocab_size(self) -> int:

@@ -56,9 +56,9 @@ def make_train_step(
 
             def accumulate(carry, xs):
                 micro, i = xs
-                (l, w), g = grad_fn(state.params, micro, jax.random.fold_in(rng, i), model, False)
+                (loss, w), g = grad_fn(state.params, micro, jax.random.fold_in(rng, i), model, False)
                 g_acc, l_acc, w_acc = carry
-                return (jax.tree.map(jnp.add, g_acc, g), l_acc + l, w_acc + w), None
+                return (jax.tree.map(jnp.add, g_acc, g), l_acc + loss, w_acc + w), None
 
             zeros = jax.tree.map(jnp.zeros_like, state.params)
             xs = (_micro_batches(batch, grad_accum), jnp.arange(grad_accum))

@@ -100,7 +100,10 @@ def checkpoint_manager(workdir: str, keep: int, async_save: bool) -> ocp.Checkpo
     return ocp.CheckpointManager(
         os.path.join(os.path.abspath(workdir), "checkpoints"),
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save, create=True),
-        item_handlers={"state": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler()},
+        item_handlers={
+            "state": ocp.StandardCheckpointHandler(),
+            "data": grain.checkpoint.CheckpointHandler(),
+        },
     )
 
 
@@ -219,8 +222,8 @@ def train(trainer: Trainer, config, workdir: str, mesh: Mesh) -> LoopResult:
             for i, batch in enumerate(trainer.eval_data()):
                 if i >= t.eval_batches:
                     break
-                l, w = jax.device_get(jeval(state.params, mesh_lib.put_batch(mesh, batch)))
-                loss_sum, weight = loss_sum + float(l), weight + float(w)
+                loss, w = jax.device_get(jeval(state.params, mesh_lib.put_batch(mesh, batch)))
+                loss_sum, weight = loss_sum + float(loss), weight + float(w)
             if weight:
                 row = {"eval_loss": loss_sum / weight}
                 writer.write(step, row)
@@ -236,7 +239,10 @@ def train(trainer: Trainer, config, workdir: str, mesh: Mesh) -> LoopResult:
             )
 
         pbar = tqdm(
-            total=t.steps, initial=start, disable=not t.progress or jax.process_index() != 0, dynamic_ncols=True
+            total=t.steps,
+            initial=start,
+            disable=not t.progress or jax.process_index() != 0,
+            dynamic_ncols=True,
         )
         stopped = False
         try:

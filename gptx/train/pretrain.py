@@ -67,8 +67,7 @@ def make_trainer(
     """The LM Trainer: GPT + AdamW, packed grain batches of train_docs, eval on val_docs."""
     if tok.vocab_size > cfg.model.vocab_size:
         raise config_lib.ConfigError(
-            f"config.model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's "
-            f"{tok.vocab_size} pieces"
+            f"config.model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's {tok.vocab_size} pieces"
         )
     model, init_fn = make_model(cfg)
     seq_len = config_lib.seq_len(cfg)
@@ -76,7 +75,12 @@ def make_trainer(
 
     def data(docs: list[str], train: bool):
         return loader.lm_dataset(
-            docs, tok, seq_len=seq_len, batch_size=t.batch_size, seed=cfg.data.seed, train=train,
+            docs,
+            tok,
+            seq_len=seq_len,
+            batch_size=t.batch_size,
+            seed=cfg.data.seed,
+            train=train,
             worker_count=cfg.data.worker_count if train else 0,
         )
 

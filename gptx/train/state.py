@@ -22,9 +22,7 @@ def _leaf_name(path) -> str:
 
 def decay_mask(params: Any) -> Any:
     """True for weight matrices (by name, so scanned layers with a leading layer axis are judged right)."""
-    return jax.tree_util.tree_map_with_path(
-        lambda path, _: _leaf_name(path).endswith(DECAYED), params
-    )
+    return jax.tree_util.tree_map_with_path(lambda path, _: _leaf_name(path).endswith(DECAYED), params)
 
 
 def lr_schedule(t: ml_collections.ConfigDict) -> optax.Schedule:
