@@ -120,8 +120,12 @@ def make_mesh(mesh_cfg: ml_collections.ConfigDict, devices: list | None = None) 
 
 @contextlib.contextmanager
 def activation_rules(mesh: Mesh) -> Iterator[None]:
-    """Context in which `nn.with_logical_constraint` inside models resolves against `mesh`."""
-    with mesh, nn.logical_axis_rules(LOGICAL_RULES):
+    """Context in which `nn.with_logical_constraint` inside models resolves against `mesh`.
+
+    Flax reads the mesh from `jax.sharding.get_abstract_mesh()`, which `jax.set_mesh` sets; without it the
+    activation constraints would silently do nothing.
+    """
+    with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
         yield
 
 
@@ -135,6 +139,16 @@ def tree_shardings(mesh: Mesh, boxed_tree: Any) -> Any:
     of an init function); unannotated leaves (step counters, scalars) are replicated."""
     specs = nn.get_partition_spec(boxed_tree)
     return nn.logical_to_mesh_sharding(specs, mesh, LOGICAL_RULES)
+
+
+def strip_annotations(tree: Any) -> Any:
+    """The values of a logically annotated tree, without applying sharding constraints (which
+    `nn.meta.unbox` does under a mesh, and which only make sense inside jit)."""
+    return jax.tree.map(
+        lambda x: x.unbox(apply_constraint=False) if isinstance(x, nn.LogicallyPartitioned) else x,
+        tree,
+        is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned),
+    )
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -42,6 +42,9 @@ def step_on(mesh, cfg, batch):
         grads = grad_fn(state.params, placed)
         step = jax.jit(lm.make_train_step(model), out_shardings=(shardings, None))
         new_state, metrics = step(state, placed, rng)
+        # The models' activation constraints must reach the compiler (they are silently dropped when
+        # flax sees no mesh).
+        assert step.lower(state, placed, rng).as_text().count("sharding_constraint") >= 10
     return jax.device_get((metrics["loss"], grads, new_state.params)), new_state
 
 

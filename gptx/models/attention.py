@@ -12,9 +12,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 
-def attention_mask(
-    segment_ids: jax.Array | None, q_len: int, kv_len: int, window: int | None
-) -> jax.Array:
+def attention_mask(segment_ids: jax.Array | None, q_len: int, kv_len: int, window: int | None) -> jax.Array:
     """Boolean [B or 1, 1, T, S] mask: causal, same segment, and within `window` tokens (itself included)."""
     q = jnp.arange(q_len)[:, None]
     k = jnp.arange(kv_len)[None, :]
@@ -93,6 +91,9 @@ class CausalSelfAttention(nn.Module):
     def __call__(self, x: jax.Array, segment_ids: jax.Array | None = None) -> jax.Array:
         d_model = x.shape[-1]
         n, h = self.n_head, self.d_head
+        # Pins the input (and, in the backward pass, its cotangent) to batch sharding, so FSDP-sharded
+        # kernels do not drag activations onto the `embed` sharding.
+        x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
         init = nn.initializers.normal(self.init_std)
         w_qkv = self.param(
             "qkv_kernel",

@@ -96,6 +96,7 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         cfg, d = self.cfg, x.shape[-1]
+        x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))  # see CausalSelfAttention
         w_fc = self.param(
             "fc_kernel",
             nn.with_logical_partitioning(nn.initializers.normal(cfg.init_std), ("embed", "mlp")),
@@ -225,7 +226,11 @@ class GPT(nn.Module):
             (cfg.block_size, cfg.d_model),
             cfg.param_dtype,
         )
-        x = (jnp.take(wte, tokens, axis=0) + jnp.take(wpe, positions, axis=0)).astype(cfg.dtype)
+        # FSDP all-gathers the tables' embed dimension before the lookup, so the gathered rows come out
+        # batch-sharded instead of being resharded from `embed` to `batch` afterwards.
+        wte_rows = nn.with_logical_constraint(wte, ("vocab", None))
+        wpe_rows = nn.with_logical_constraint(wpe, ("positions", None))
+        x = (jnp.take(wte_rows, tokens, axis=0) + jnp.take(wpe_rows, positions, axis=0)).astype(cfg.dtype)
         x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
         x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
         x = self._layers(x, segment_ids, deterministic)

@@ -112,7 +112,7 @@ def abstract_state(init_fn: Callable[[jax.Array], TrainState], mesh: Mesh, rng: 
     boxed = jax.eval_shape(init_fn, rng)
     shardings = mesh_lib.tree_shardings(mesh, boxed)
     target = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), nn.meta.unbox(boxed), shardings
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), mesh_lib.strip_annotations(boxed), shardings
     )
     return shardings, target
 
