@@ -12,6 +12,24 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 
+def token_einsum(spec: str, x: jax.Array, w: jax.Array) -> jax.Array:
+    """`jnp.einsum(spec, x, w)` for a spec whose input and output both start with the token dims "bt"
+    (e.g. "btd,df->btf"), computed with batch and length merged into one dimension.
+
+    Same math. XLA:CPU lowers the weight gradient of the [B, T]-batched form (a contraction over two
+    dimensions) to copies of the activations and a transposed-transposed matmul; one token dimension gives
+    plain matmuls, about 5% of a CPU train step. On GPUs and TPUs the reshapes are free.
+    """
+    ins, out = spec.split("->")
+    lhs, rhs = ins.split(",")
+    if not (lhs.startswith("bt") and out.startswith("bt")):
+        raise ValueError(f"token_einsum needs 'bt...' input and output, got {spec!r}")
+    m = next(c for c in "mzyxwu" if c not in spec)
+    b, t = x.shape[:2]
+    y = jnp.einsum(f"{m}{lhs[2:]},{rhs}->{m}{out[2:]}", x.reshape(b * t, *x.shape[2:]), w)
+    return y.reshape(b, t, *y.shape[1:])
+
+
 def attention_mask(segment_ids: jax.Array | None, q_len: int, kv_len: int, window: int | None) -> jax.Array:
     """Boolean [B or 1, 1, T, S] mask: causal, same segment, and within `window` tokens (itself included)."""
     q = jnp.arange(q_len)[:, None]
@@ -107,7 +125,7 @@ class CausalSelfAttention(nn.Module):
             (3, n, h),
             self.param_dtype,
         )
-        qkv = jnp.einsum("btd,dknh->btknh", x, w_qkv.astype(self.dtype)) + b_qkv.astype(self.dtype)
+        qkv = token_einsum("btd,dknh->btknh", x, w_qkv.astype(self.dtype)) + b_qkv.astype(self.dtype)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, T, N, H] each
         q = nn.with_logical_constraint(q, ("batch", "length", "act_heads", "kv"))
         k = nn.with_logical_constraint(k, ("batch", "length", "act_heads", "kv"))
@@ -138,6 +156,6 @@ class CausalSelfAttention(nn.Module):
             (d_model,),
             self.param_dtype,
         )
-        y = jnp.einsum("btnh,nhd->btd", y, w_out.astype(self.dtype)) + b_out.astype(self.dtype)
+        y = token_einsum("btnh,nhd->btd", y, w_out.astype(self.dtype)) + b_out.astype(self.dtype)
         y = nn.Dropout(self.resid_dropout)(y, deterministic=self.deterministic)
         return nn.with_logical_constraint(y, ("batch", "length", "act_embed"))

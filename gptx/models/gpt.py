@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import linen as nn
 
-from gptx.models.attention import CausalSelfAttention
+from gptx.models.attention import CausalSelfAttention, token_einsum
 
 REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -106,7 +106,7 @@ class MLP(nn.Module):
         b_fc = self.param(
             "fc_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)), (cfg.ff_dim,), cfg.param_dtype
         )
-        h = jnp.einsum("btd,df->btf", x, w_fc.astype(cfg.dtype)) + b_fc.astype(cfg.dtype)
+        h = token_einsum("btd,df->btf", x, w_fc.astype(cfg.dtype)) + b_fc.astype(cfg.dtype)
         h = nn.with_logical_constraint(h, ("batch", "length", "act_mlp"))
         h = nn.gelu(h, approximate=True)  # GPT-1/2 use the tanh approximation
         w_proj = self.param(
@@ -118,7 +118,7 @@ class MLP(nn.Module):
         b_proj = self.param(
             "proj_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)), (d,), cfg.param_dtype
         )
-        y = jnp.einsum("btf,fd->btd", h, w_proj.astype(cfg.dtype)) + b_proj.astype(cfg.dtype)
+        y = token_einsum("btf,fd->btd", h, w_proj.astype(cfg.dtype)) + b_proj.astype(cfg.dtype)
         y = nn.Dropout(cfg.dropout)(y, deterministic=self.deterministic)
         return nn.with_logical_constraint(y, ("batch", "length", "act_embed"))
 
@@ -238,7 +238,7 @@ class GPT(nn.Module):
             x = _layer_norm(cfg, "ln_f")(x)
         if return_hidden:
             return x
-        logits = jnp.einsum("btd,vd->btv", x, wte.astype(cfg.dtype))
+        logits = token_einsum("btd,vd->btv", x, wte.astype(cfg.dtype))
         logits = nn.with_logical_constraint(logits, ("batch", "length", "act_vocab"))
         return logits.astype(jnp.float32)
 
