@@ -15,11 +15,19 @@ from ml_collections import config_flags
 from gptx import config as config_lib
 from gptx import mesh as mesh_lib
 from gptx.data.sources import DataError
+from gptx.interop import InteropError
 from gptx.train.loop import NonFiniteLossError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A config file: configs/NAME.py[:ARG].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and reports.")
 _STAGES = flags.DEFINE_list("stages", None, "demo: the stages to run, in order (default: all).")
+_HF_DIR = flags.DEFINE_string("hf_dir", None, "convert: a Hugging Face GPT-2 / OpenAI GPT checkpoint directory.")
+_DIRECTION = flags.DEFINE_enum(
+    "direction", "import", ["import", "export"], "convert: import (HF -> workdir) or export (workdir -> HF)."
+)
+_ALLOW_PICKLE = flags.DEFINE_bool(
+    "allow_pickle", False, "convert: read pickled pytorch_model.bin weights (pickles run code; trust the source)."
+)
 
 
 def _train(cfg, workdir: str) -> None:
@@ -48,7 +56,31 @@ def _demo(cfg, workdir: str) -> None:
     demo.run(cfg, workdir, _STAGES.value)
 
 
-COMMANDS = {"train": _train, "tokenizer": _tokenizer, "demo": _demo}
+def _convert(cfg, workdir: str) -> None:
+    from gptx.interop import hf
+
+    if not _HF_DIR.value:
+        raise FileNotFoundError("convert needs --hf_dir=PATH (the Hugging Face checkpoint directory)")
+    if _DIRECTION.value == "export":
+        info = hf.export_checkpoint(cfg, workdir, _HF_DIR.value)
+        if jax.process_index() == 0:
+            print(f"exported the latest checkpoint of {workdir} as {info['architecture']} -> {_HF_DIR.value}")
+        return
+    new, info = hf.import_checkpoint(cfg, _HF_DIR.value, workdir, allow_pickle=_ALLOW_PICKLE.value)
+    if jax.process_index():
+        return
+    overrides = " ".join(info["overrides"]) or "(none)"
+    print(
+        f"note: config.model was overwritten from {_HF_DIR.value}/config.json; to train or sample from this "
+        f"checkpoint pass {overrides}. HF's BPE vocabulary is not converted (gptx tokenizers are SentencePiece)"
+    )
+    print(
+        f"imported {info['architecture']} ({new.model.n_layer} layers, d_model {new.model.d_model}, vocab "
+        f"{new.model.vocab_size}; bos {info['bos_token_id']}, eos {info['eos_token_id']}) -> {workdir}/checkpoints"
+    )
+
+
+COMMANDS = {"train": _train, "tokenizer": _tokenizer, "demo": _demo, "convert": _convert}
 
 
 def main(argv: list[str]) -> None:
@@ -63,7 +95,7 @@ def main(argv: list[str]) -> None:
         mesh_lib.initialize_distributed(cfg.mesh)
         config_lib.validate(cfg, jax.device_count())
         COMMANDS[argv[1]](cfg, _WORKDIR.value)
-    except (config_lib.ConfigError, FileNotFoundError, DataError, NonFiniteLossError) as e:
+    except (config_lib.ConfigError, FileNotFoundError, DataError, InteropError, NonFiniteLossError) as e:
         # Expected failures get one line naming what is wrong, not a traceback.
         logging.error("%s", e)
         print(f"gptx: error: {e}", file=sys.stderr)

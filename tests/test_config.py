@@ -94,4 +94,4 @@ def test_cli_rejects_bad_config_before_compiling(tmp_path):
     out = run_cli("train", "--config=configs/demo.py", f"--workdir={tmp_path}", "--config.train.stepz=3")
     assert out.returncode == 2 and "unknown config key 'stepz'" in out.stderr and "steps" in out.stderr
     out = run_cli("fly", "--config=configs/demo.py", f"--workdir={tmp_path}")
-    assert out.returncode != 0 and "usage: python -m gptx.main <train|tokenizer|demo>" in out.stderr
+    assert out.returncode != 0 and "usage: python -m gptx.main <train|tokenizer|demo|convert>" in out.stderr

@@ -127,12 +127,11 @@ def restore_or_init(
         init = jax.jit(lambda r: nn.meta.unbox(trainer.init_fn(r)), out_shardings=shardings)
         return init(rng)
     logging.info("restoring checkpoint at step %d", latest)
-    restored = mngr.restore(
-        latest,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target), data=grain.checkpoint.CheckpointRestore(data_iter)
-        ),
-    )
+    items = {"state": ocp.args.StandardRestore(target)}
+    # A checkpoint without a data position (e.g. converted by `gptx.main convert`) starts a fresh iterator.
+    if "data" in mngr.item_metadata(latest):
+        items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+    restored = mngr.restore(latest, args=ocp.args.Composite(**items))
     return restored["state"]
 
 

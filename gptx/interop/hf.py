@@ -1,0 +1,520 @@
+"""Hugging Face interop: GPT-2 (`GPT2LMHeadModel`) and OpenAI GPT (`OpenAIGPTLMHeadModel`) checkpoints.
+
+A Hugging Face checkpoint is a directory with `config.json` and `model.safetensors` (or a sharded
+`model.safetensors.index.json`), as `save_pretrained(safe_serialization=True)` writes it. Weights are read and
+written with safetensors' numpy API; neither torch nor transformers is imported, except that pickled `.bin`/`.pt`
+weights, which run code when loaded, are read with `torch.load(weights_only=True)` when the caller passes
+`allow_pickle=True`.
+
+Layouts. HF's `Conv1D` keeps kernels as [in, out], so the mapping is a reshape:
+
+  c_attn.weight [D, 3D]  -> attn/qkv_kernel [D, 3, N, H]     c_attn.bias [3D] -> attn/qkv_bias [3, N, H]
+  attn.c_proj.weight [D, D] -> attn/out_kernel [N, H, D]     mlp.c_fc / mlp.c_proj -> mlp/fc_* / mlp/proj_*
+  ln_1 / ln_2 / ln_f (weight, bias) -> (scale, bias)         wte, wpe (tokens_embed, positions_embed for GPT-1)
+
+The LM head is tied to the token embedding on both sides, so it is neither read nor written separately.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from gptx.interop import InteropError
+
+# gptx's MLP uses the tanh approximation of GELU; these HF activation names compute the same function.
+# OpenAI GPT has its own table, in which "gelu" is the tanh approximation; in GPT-2's, "gelu" is exact (erf).
+TANH_GELUS = {
+    "gpt2": ("gelu_new", "gelu_pytorch_tanh", "gelu_fast", "gelu_accurate", "gelu_python_tanh"),
+    "openai-gpt": ("gelu",),
+}
+PICKLE_FILES = ("pytorch_model.bin", "model.pt", "model.pth", "pytorch_model.pt")
+IMPORT_NOTE = "hf_import.json"  # written into a workdir by `import_checkpoint`
+
+# HF model_type -> (gptx arch, LM-head class, activation key)
+HF_MODELS = {
+    "gpt2": ("gpt2", "GPT2LMHeadModel", "activation_function"),
+    "openai-gpt": ("gpt1", "OpenAIGPTLMHeadModel", "afn"),
+}
+LAYER_KEYS = {  # gptx path inside a layer -> HF key suffix inside `h.{i}.`
+    ("attn", "qkv_kernel"): "attn.c_attn.weight",
+    ("attn", "qkv_bias"): "attn.c_attn.bias",
+    ("attn", "out_kernel"): "attn.c_proj.weight",
+    ("attn", "out_bias"): "attn.c_proj.bias",
+    ("mlp", "fc_kernel"): "mlp.c_fc.weight",
+    ("mlp", "fc_bias"): "mlp.c_fc.bias",
+    ("mlp", "proj_kernel"): "mlp.c_proj.weight",
+    ("mlp", "proj_bias"): "mlp.c_proj.bias",
+    ("ln_1", "scale"): "ln_1.weight",
+    ("ln_1", "bias"): "ln_1.bias",
+    ("ln_2", "scale"): "ln_2.weight",
+    ("ln_2", "bias"): "ln_2.bias",
+}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Configs
+
+
+def _hf_model_type(hf: Mapping[str, Any], where: str) -> str:
+    model_type = hf.get("model_type")
+    if model_type not in HF_MODELS:
+        raise InteropError(
+            f"{where}: model_type={model_type!r} is not supported (only {', '.join(HF_MODELS)}: GPT-2 and OpenAI GPT)"
+        )
+    return model_type
+
+
+def model_config_from_hf(hf: Mapping[str, Any], base=None, *, where: str = "config"):
+    """The gptx `config.model` section for an HF GPT-2 / OpenAI GPT config.json dict.
+
+    Fields HF does not describe (dtype, remat, scan_layers, attention_impl) are kept from `base` (a model section;
+    default: gptx's defaults). Raises InteropError for HF options gptx cannot reproduce exactly.
+    """
+    from gptx import config as config_lib
+
+    model_type = _hf_model_type(hf, where)
+    arch, _, act_key = HF_MODELS[model_type]
+    act = hf.get(act_key, "gelu_new" if model_type == "gpt2" else "gelu")
+    if act not in TANH_GELUS[model_type]:
+        raise InteropError(
+            f"{where}: {act_key}={act!r} is not supported: gptx's MLP computes the tanh approximation of GELU, "
+            f"which {model_type} names {' or '.join(map(repr, TANH_GELUS[model_type]))}"
+            + (" (GPT-2's 'gelu' is the exact erf GELU)" if act == "gelu" else "")
+        )
+    unsupported = {
+        "scale_attn_weights": True,
+        "scale_attn_by_inverse_layer_idx": False,
+        "add_cross_attention": False,
+        "tie_word_embeddings": True,
+    }
+    for key, want in unsupported.items():
+        if hf.get(key, want) != want:
+            raise InteropError(f"{where}: {key}={hf[key]!r} is not supported by gptx (needs {want!r})")
+    d_model, n_head = int(hf["n_embd"]), int(hf["n_head"])
+    if d_model % n_head:
+        raise InteropError(f"{where}: n_embd={d_model} is not divisible by n_head={n_head}")
+    n_inner = hf.get("n_inner") if model_type == "gpt2" else None
+
+    m = config_lib.default().model if base is None else base.copy_and_resolve_references()
+    m.update(
+        name=str(hf.get("_name_or_path") or f"hf-{model_type}"),
+        arch=arch,
+        vocab_size=int(hf["vocab_size"]),
+        block_size=int(hf["n_positions"]),
+        n_layer=int(hf["n_layer"]),
+        n_head=n_head,
+        d_model=d_model,
+        d_head=0,
+        d_ff=0 if n_inner in (None, 4 * d_model) else int(n_inner),
+        attention="dense",
+        layer_norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
+        init_std=float(hf.get("initializer_range", 0.02)),
+        dropout=float(hf.get("resid_pdrop", 0.1)),
+        attn_dropout=float(hf.get("attn_pdrop", 0.1)),
+    )
+    config_lib.validate_model(m)
+    return m
+
+
+def hf_config_from_model(m, info: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The config.json dict of the HF model that computes what a gptx `config.model` section computes."""
+    if m.arch == "gpt3" and m.attention != "dense":
+        raise InteropError(
+            f"config.model.attention={m.attention!r}: Hugging Face GPT-2 has no locally banded layers to export into"
+        )
+    d_head = m.d_head or m.d_model // m.n_head
+    if d_head * m.n_head != m.d_model:
+        raise InteropError(
+            f"config.model.d_head={m.d_head} x n_head={m.n_head} != d_model={m.d_model}: HF GPT-2 needs d_model = N*H"
+        )
+    d_ff = m.d_ff or 4 * m.d_model
+    info = dict(info or {})
+    common = dict(
+        vocab_size=m.vocab_size,
+        n_positions=m.block_size,
+        n_embd=m.d_model,
+        n_layer=m.n_layer,
+        n_head=m.n_head,
+        layer_norm_epsilon=m.layer_norm_eps,
+        initializer_range=m.init_std,
+        resid_pdrop=m.dropout,
+        embd_pdrop=m.dropout,
+        attn_pdrop=m.attn_dropout,
+        tie_word_embeddings=True,
+        dtype="float32",
+    )
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        common[key] = info.get(key)
+    if m.arch == "gpt1":
+        if d_ff != 4 * m.d_model:
+            raise InteropError(f"config.model.d_ff={m.d_ff}: OpenAI GPT's MLP is fixed at 4*d_model={4 * m.d_model}")
+        return dict(architectures=["OpenAIGPTLMHeadModel"], model_type="openai-gpt", afn="gelu", **common)
+    return dict(
+        architectures=["GPT2LMHeadModel"],
+        model_type="gpt2",
+        activation_function="gelu_new",
+        n_inner=None if d_ff == 4 * m.d_model else d_ff,
+        scale_attn_weights=True,
+        scale_attn_by_inverse_layer_idx=False,
+        reorder_and_upcast_attn=False,
+        add_cross_attention=False,
+        **common,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Weights
+
+
+def params_from_hf(weights: Mapping[str, np.ndarray], m, where: str = "weights") -> dict[str, Any]:
+    """gptx params (plain numpy, layers h_0..h_{L-1}, or stacked under `layers` when m.scan_layers) from an HF
+    state dict of the architecture `m` describes."""
+    tok_key, pos_key = _embedding_keys(m)
+    w = _strip_prefix(weights)
+    dtype = np.dtype(_np_dtype(m.param_dtype))
+    n, d = m.n_head, m.d_model
+    h = d // n
+    used: set[str] = set()
+
+    def take(key: str, shape: tuple[int, ...], hf_shape: tuple[int, ...]) -> np.ndarray:
+        if key not in w:
+            raise InteropError(f"{where}: missing tensor {key!r} for a {m.arch} model of {m.n_layer} layers")
+        x = np.asarray(w[key])
+        if x.shape != hf_shape:
+            raise InteropError(f"{where}: {key} has shape {x.shape}, config.json implies {hf_shape}")
+        used.add(key)
+        return x.reshape(shape).astype(dtype)
+
+    ff = m.d_ff or 4 * d
+    shapes = {  # gptx shape, HF shape
+        ("attn", "qkv_kernel"): ((d, 3, n, h), (d, 3 * d)),
+        ("attn", "qkv_bias"): ((3, n, h), (3 * d,)),
+        ("attn", "out_kernel"): ((n, h, d), (d, d)),
+        ("attn", "out_bias"): ((d,), (d,)),
+        ("mlp", "fc_kernel"): ((d, ff), (d, ff)),
+        ("mlp", "fc_bias"): ((ff,), (ff,)),
+        ("mlp", "proj_kernel"): ((ff, d), (ff, d)),
+        ("mlp", "proj_bias"): ((d,), (d,)),
+    }
+    params: dict[str, Any] = {
+        "wte": take(f"{tok_key}.weight", (m.vocab_size, d), (m.vocab_size, d)),
+        "wpe": take(f"{pos_key}.weight", (m.block_size, d), (m.block_size, d)),
+    }
+    for i in range(m.n_layer):
+        layer: dict[str, dict[str, np.ndarray]] = {}
+        for (module, name), suffix in LAYER_KEYS.items():
+            shape, hf_shape = shapes.get((module, name), ((d,), (d,)))
+            layer.setdefault(module, {})[name] = take(f"h.{i}.{suffix}", shape, hf_shape)
+        params[f"h_{i}"] = layer
+    if m.arch != "gpt1":
+        params["ln_f"] = {"scale": take("ln_f.weight", (d,), (d,)), "bias": take("ln_f.bias", (d,), (d,))}
+    _check_lm_head(w, params["wte"], where)
+    ignored = {"lm_head.weight"} | {k for k in w if k.endswith((".attn.bias", ".attn.masked_bias"))}
+    unused = sorted(set(w) - used - ignored)
+    if unused:
+        raise InteropError(f"{where}: tensors gptx has no place for: {', '.join(unused[:5])}")
+    return stack_layers(params, m) if m.scan_layers else params
+
+
+def params_to_hf(params: Mapping[str, Any], m) -> dict[str, np.ndarray]:
+    """The HF state dict (`transformer.*` keys, no tied lm_head) of gptx params of config.model section `m`."""
+    hf_config_from_model(m)  # the architecture checks
+    if "layers" in params:
+        params = unstack_layers(params, m)
+    tok_key, pos_key = _embedding_keys(m)
+    d = m.d_model
+    out = {f"{tok_key}.weight": params["wte"], f"{pos_key}.weight": params["wpe"]}
+    for i in range(m.n_layer):
+        layer = params[f"h_{i}"]
+        for (module, name), suffix in LAYER_KEYS.items():
+            x = np.asarray(layer[module][name])
+            if name in ("qkv_kernel", "out_kernel"):
+                x = x.reshape(d, -1)  # [D, 3, N, H] -> [D, 3D]; [N, H, D] -> [D, D]
+            elif name == "qkv_bias":
+                x = x.reshape(-1)
+            out[f"h.{i}.{suffix}"] = x
+    if m.arch != "gpt1":
+        out["ln_f.weight"], out["ln_f.bias"] = params["ln_f"]["scale"], params["ln_f"]["bias"]
+    # float16 and float32 are kept; bfloat16 is written as float32, which every safetensors reader handles.
+    return {f"transformer.{k}": np.ascontiguousarray(_exportable(v)) for k, v in out.items()}
+
+
+def stack_layers(params: Mapping[str, Any], m) -> dict[str, Any]:
+    """h_0..h_{L-1} -> the `nn.scan` layout: layers/layer_j leaves stacked over groups (layer g*G + j)."""
+    group = 2 if m.attention == "alternating" else 1
+    out = {k: v for k, v in params.items() if not k.startswith("h_")}
+    out["layers"] = {
+        f"layer_{j}": _tree_map(
+            lambda *xs: np.stack(xs), *[params[f"h_{g * group + j}"] for g in range(m.n_layer // group)]
+        )
+        for j in range(group)
+    }
+    return out
+
+
+def unstack_layers(params: Mapping[str, Any], m) -> dict[str, Any]:
+    """The inverse of `stack_layers`."""
+    group = 2 if m.attention == "alternating" else 1
+    out = {k: v for k, v in params.items() if k != "layers"}
+    for g in range(m.n_layer // group):
+        for j in range(group):
+            out[f"h_{g * group + j}"] = _tree_map(lambda x, g=g: np.asarray(x[g]), params["layers"][f"layer_{j}"])
+    return out
+
+
+def _embedding_keys(m) -> tuple[str, str]:
+    return ("tokens_embed", "positions_embed") if m.arch == "gpt1" else ("wte", "wpe")
+
+
+def _tree_map(fn, *trees):
+    if isinstance(trees[0], Mapping):
+        return {k: _tree_map(fn, *[t[k] for t in trees]) for k in trees[0]}
+    return fn(*trees)
+
+
+def _strip_prefix(weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`transformer.h.0...` (LM-head models) and `h.0...` (base models, older hub files) name the same tensors."""
+    return {k.removeprefix("transformer."): v for k, v in weights.items()}
+
+
+def _check_lm_head(w: Mapping[str, np.ndarray], wte: np.ndarray, where: str) -> None:
+    head = w.get("lm_head.weight")
+    if head is not None and not np.array_equal(np.asarray(head, wte.dtype), wte):
+        raise InteropError(f"{where}: lm_head.weight differs from the token embedding; gptx ties them")
+
+
+def _np_dtype(dtype):
+    import jax.numpy as jnp  # late: keeps numpy-only callers light
+
+    return jnp.dtype(dtype)
+
+
+def _exportable(x) -> np.ndarray:
+    x = np.asarray(x)
+    return x if x.dtype in (np.float32, np.float16) else x.astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Files
+
+
+def _weights_files(hf_dir: str, allow_pickle: bool) -> tuple[list[str], bool]:
+    """(weight files, pickled?) of an HF directory: safetensors first, pickle only when allowed."""
+    single = os.path.join(hf_dir, "model.safetensors")
+    if os.path.exists(single):
+        return [single], False
+    index = os.path.join(hf_dir, "model.safetensors.index.json")
+    if os.path.exists(index):
+        with open(index) as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+        return [os.path.join(hf_dir, s) for s in shards], False
+    pickled = [os.path.join(hf_dir, p) for p in PICKLE_FILES if os.path.exists(os.path.join(hf_dir, p))]
+    if not pickled:
+        raise FileNotFoundError(f"{hf_dir}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
+    _refuse_pickle(pickled[0], allow_pickle)
+    return pickled[:1], True
+
+
+def _refuse_pickle(path: str, allow_pickle: bool) -> None:
+    if not allow_pickle:
+        raise InteropError(
+            f"{path} is a pickle file, and loading a pickle can run arbitrary code. Convert it to safetensors, or, "
+            "if you trust its source, pass allow_pickle=True (--allow_pickle) to read it with "
+            "torch.load(weights_only=True)"
+        )
+
+
+def _load_pickle(path: str) -> dict[str, np.ndarray]:
+    try:
+        import torch
+    except ImportError as e:
+        raise InteropError(f"{path}: reading a pickled checkpoint needs PyTorch (pip install torch)") from e
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    out = {}
+    for k, v in state.items():
+        if v.dtype == torch.bfloat16:
+            v = v.float()
+        out[k] = v.numpy()
+    return out
+
+
+def load_weights(path: str, *, allow_pickle: bool = False) -> dict[str, np.ndarray]:
+    """All tensors of an HF checkpoint directory (or a single weights file) as numpy arrays."""
+    from safetensors.numpy import load_file
+
+    if os.path.isdir(path):
+        files, pickled = _weights_files(path, allow_pickle)
+    elif path.endswith(".safetensors"):
+        files, pickled = [path], False
+    else:
+        _refuse_pickle(path, allow_pickle)
+        files, pickled = [path], True
+    weights: dict[str, np.ndarray] = {}
+    for f in files:
+        try:
+            weights.update(_load_pickle(f) if pickled else load_file(f))
+        except FileNotFoundError:
+            raise
+        except (OSError, ValueError, TypeError) as e:
+            raise InteropError(f"{f}: cannot read weights ({e})") from e
+    return weights
+
+
+def _read_json(path: str) -> dict[str, Any]:
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def special_tokens(hf_dir: str, hf: Mapping[str, Any]) -> dict[str, Any]:
+    """bos/eos/pad token ids (config.json, then generation_config.json) and, when the directory has tokenizer
+    files, their strings. gptx's own tokenizer is SentencePiece; HF's BPE vocabulary is not converted."""
+    gen = _read_json(os.path.join(hf_dir, "generation_config.json"))
+    info: dict[str, Any] = {}
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        value = hf.get(key)
+        info[key] = gen.get(key) if value is None else value
+    tok = {
+        **_read_json(os.path.join(hf_dir, "tokenizer_config.json")),
+        **_read_json(os.path.join(hf_dir, "special_tokens_map.json")),
+    }
+    strings = {k: tok[k] for k in ("bos_token", "eos_token", "pad_token", "unk_token") if tok.get(k) is not None}
+    if strings:
+        info["special_tokens"] = {k: v["content"] if isinstance(v, dict) else v for k, v in strings.items()}
+    return info
+
+
+def load_hf(hf_dir: str, base_model=None, *, allow_pickle: bool = False) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """(config.model section, gptx params as numpy, info) of an HF GPT-2 / OpenAI GPT checkpoint directory.
+
+    info holds model_type, the HF class (`architecture`), `source` and the bos/eos/pad token ids.
+    `base_model` supplies the fields HF does not describe (dtype, scan_layers, remat ...).
+    """
+    config_path = os.path.join(hf_dir, "config.json")
+    if not os.path.exists(config_path):
+        raise FileNotFoundError(f"{config_path} not found: --hf_dir must be a save_pretrained directory")
+    hf = _read_json(config_path)
+    m = model_config_from_hf(hf, base_model, where=config_path)
+    weights = load_weights(hf_dir, allow_pickle=allow_pickle)
+    params = params_from_hf(weights, m, where=hf_dir)
+    info = {"model_type": hf["model_type"], "architecture": HF_MODELS[hf["model_type"]][1], "source": hf_dir}
+    info.update(special_tokens(hf_dir, hf))
+    return m, params, info
+
+
+def save_hf(hf_dir: str, params: Mapping[str, Any], m, info: Mapping[str, Any] | None = None) -> None:
+    """Writes config.json + model.safetensors that `from_pretrained` loads as GPT2LMHeadModel / OpenAIGPTLMHeadModel.
+
+    `info` may carry bos/eos/pad token ids (as `load_hf` returns them)."""
+    from safetensors.numpy import save_file
+
+    hf = hf_config_from_model(m, info)
+    weights = params_to_hf(params, m)
+    os.makedirs(hf_dir, exist_ok=True)
+    save_file(weights, os.path.join(hf_dir, "model.safetensors"), metadata={"format": "pt"})
+    with open(os.path.join(hf_dir, "config.json"), "w") as f:
+        json.dump(hf, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# gptx workdirs
+
+
+def model_overrides(cfg_model, base_model) -> list[str]:
+    """`--config.model.KEY=VALUE` flags that turn base_model into cfg_model (its name aside)."""
+    return [f"--config.model.{k}={v}" for k, v in cfg_model.items() if k != "name" and base_model.get(k) != v]
+
+
+def save_checkpoint(cfg, params: Mapping[str, Any], workdir: str, mesh=None) -> int:
+    """Writes params as the step-0 TrainState (fresh optimizer) of WORKDIR/checkpoints, the layout `train`
+    resumes from and `restore_latest_state` loads. Returns the step. Refuses a workdir that has checkpoints."""
+    import jax
+    import orbax.checkpoint as ocp
+    from flax import linen as nn
+
+    from gptx import mesh as mesh_lib
+    from gptx.train import loop, pretrain
+
+    mngr = loop.checkpoint_manager(workdir, cfg.train.keep_ckpts, async_save=False)
+    if mngr.latest_step() is not None:
+        raise InteropError(f"{workdir}/checkpoints already holds step {mngr.latest_step()}; use an empty workdir")
+    mesh = mesh or mesh_lib.make_mesh(cfg.mesh)
+    _, init_fn = pretrain.make_model(cfg)
+    rng = jax.random.key(cfg.train.seed)
+    with mesh_lib.activation_rules(mesh):
+        shardings, target = loop.abstract_state(init_fn, mesh, rng)
+        try:
+            params = jax.tree.map(
+                lambda t, x: jax.device_put(np.asarray(x, t.dtype), t.sharding), target.params, dict(params)
+            )
+        except ValueError as e:
+            raise InteropError(f"converted params do not match config.model's parameter tree: {e}") from e
+        # A fresh optimizer state does not depend on the parameter values (Adam moments start at zero).
+        state = jax.jit(lambda r: nn.meta.unbox(init_fn(r)), out_shardings=shardings)(rng)
+        state = state.replace(params=params)
+        mngr.save(0, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
+        mngr.wait_until_finished()
+    mngr.close()
+    return 0
+
+
+def load_checkpoint_params(cfg, workdir: str, mesh=None) -> dict[str, Any]:
+    """The params (numpy) of the latest checkpoint in WORKDIR/checkpoints, for a model of cfg.model."""
+    import jax
+
+    from gptx import mesh as mesh_lib
+    from gptx.train import loop, pretrain
+
+    mesh = mesh or mesh_lib.make_mesh(cfg.mesh)
+    _, init_fn = pretrain.make_model(cfg)
+    with mesh_lib.activation_rules(mesh):
+        try:
+            state = loop.restore_latest_state(init_fn, workdir, mesh, jax.random.key(cfg.train.seed))
+        except (ValueError, KeyError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise InteropError(
+                f"the checkpoint in {workdir}/checkpoints does not match config.model ({first}); pass the "
+                f"--config.model.* overrides it was made with (an imported workdir lists them in {IMPORT_NOTE})"
+            ) from e
+    return jax.tree.map(np.asarray, jax.device_get(state.params))
+
+
+def import_checkpoint(
+    cfg, hf_dir: str, workdir: str, *, mesh=None, allow_pickle: bool = False
+) -> tuple[Any, dict[str, Any]]:
+    """HF checkpoint directory -> gptx checkpoint in workdir. Returns (the config with its model section taken
+    from config.json, info). Also writes WORKDIR/hf_import.json with the info and the config overrides."""
+    from gptx import config as config_lib
+
+    m, params, info = load_hf(hf_dir, cfg.model, allow_pickle=allow_pickle)
+    new = cfg.copy_and_resolve_references()
+    new.model = m
+    config_lib.validate(new)
+    save_checkpoint(new, params, workdir, mesh)
+    info["overrides"] = model_overrides(m, cfg.model)
+    with open(os.path.join(workdir, IMPORT_NOTE), "w") as f:
+        json.dump({"info": info, "model": m.to_dict()}, f, indent=2, default=str)
+    return new, info
+
+
+def export_checkpoint(cfg, workdir: str, hf_dir: str, *, mesh=None) -> dict[str, Any]:
+    """Latest gptx checkpoint in workdir -> HF directory. Token ids come from WORKDIR/hf_import.json when the
+    workdir was imported, else from gptx's tokenizer when WORKDIR/tokenizer.model exists. Returns the info."""
+    params = load_checkpoint_params(cfg, workdir, mesh)
+    note = _read_json(os.path.join(workdir, IMPORT_NOTE)).get("info", {})
+    info = {k: note.get(k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    if not note and os.path.exists(os.path.join(workdir, "tokenizer.model")):
+        from gptx.data import tokenizer as tokenizer_lib
+
+        info = dict(
+            bos_token_id=tokenizer_lib.BOS_ID, eos_token_id=tokenizer_lib.EOS_ID, pad_token_id=tokenizer_lib.PAD_ID
+        )
+    save_hf(hf_dir, params, cfg.model, info)
+    return {"architecture": hf_config_from_model(cfg.model)["architectures"][0], **info}
