@@ -92,6 +92,20 @@ def default() -> ml_collections.ConfigDict:
     c.train.async_ckpt = True
     c.train.peak_flops = 0.0  # per device, for MFU; 0: look up the device kind
     c.train.progress = True
+
+    # GPT-1 supervised fine-tuning (gptx/train/finetune.py). The optimizer reads config.train (lr, batch_size,
+    # b1, b2, weight_decay, grad_clip, seed); sequences are config.data.seq_len (0: model.block_size) long.
+    c.finetune = ml_collections.ConfigDict()
+    c.finetune.tasks = "sst2"  # comma-separated names from gptx.data.finetune_tasks.TASKS; several = multi-task model
+    c.finetune.data_dir = "../shared/data"  # a relative path is taken from the repository root
+    c.finetune.init_from = ""  # workdir whose latest checkpoint holds the pretrained GPT; "" = random init
+    c.finetune.epochs = 3.0  # passes over the (combined) training set; 0: run config.train.steps steps
+    c.finetune.aux_lm_coef = 0.5  # λ of L3 = L2 + λ·L1
+    c.finetune.clf_dropout = 0.1  # dropout on the classifier input
+    c.finetune.warmup_fraction = 0.002  # linear warmup over this share of the steps, then linear decay to 0
+    c.finetune.eval_fraction = 0.1  # held-out share of the train file for tasks without a dev file (SNLI, HellaSwag)
+    c.finetune.train_limit = 0  # use at most this many training examples per task (after a seeded shuffle); 0 = all
+    c.finetune.eval_limit = 0  # evaluate on at most this many dev examples per task; 0 = all
     return c
 
 

@@ -56,6 +56,13 @@ def _demo(cfg, workdir: str) -> None:
     demo.run(cfg, workdir, _STAGES.value)
 
 
+def _finetune(cfg, workdir: str) -> None:
+    from gptx.train import finetune
+
+    finetune.validate_finetune(cfg)
+    finetune.run(cfg, workdir)  # prints dev accuracy per task, writes WORKDIR/finetune_results.json
+
+
 def _convert(cfg, workdir: str) -> None:
     from gptx.interop import hf
 
@@ -80,7 +87,7 @@ def _convert(cfg, workdir: str) -> None:
     )
 
 
-COMMANDS = {"train": _train, "tokenizer": _tokenizer, "demo": _demo, "convert": _convert}
+COMMANDS = {"train": _train, "tokenizer": _tokenizer, "demo": _demo, "finetune": _finetune, "convert": _convert}
 
 
 def main(argv: list[str]) -> None:

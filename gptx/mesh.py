@@ -47,6 +47,7 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
     ("positions", None),
     ("norm", None),
     ("layers", None),
+    ("classes", None),  # classifier outputs (fine-tuning heads): small, replicated
 )
 
 
