@@ -106,6 +106,28 @@ def default() -> ml_collections.ConfigDict:
     c.finetune.eval_fraction = 0.1  # held-out share of the train file for tasks without a dev file (SNLI, HellaSwag)
     c.finetune.train_limit = 0  # use at most this many training examples per task (after a seeded shuffle); 0 = all
     c.finetune.eval_limit = 0  # evaluate on at most this many dev examples per task; 0 = all
+
+    # GPT-4 predictable scaling (gptx/scaling.py): the sweep schedule, the fit and the prediction.
+    c.scaling = ml_collections.ConfigDict()
+    c.scaling.n_sizes = 5  # runs in the sweep, sizes geometric between the min and max below
+    c.scaling.d_model_min = 16
+    c.scaling.d_model_max = 64
+    c.scaling.n_layer_min = 1
+    c.scaling.n_layer_max = 3
+    c.scaling.head_dim = 8  # n_head = d_model // head_dim; d_model is rounded to a multiple of it
+    c.scaling.tokens_per_param = 20.0  # tokens of each run = this x its parameters (Chinchilla: ~20)
+    c.scaling.compute_budget = 0.0  # when tokens_per_param is 0: training FLOPs of every run
+    c.scaling.min_steps = 20
+    c.scaling.smooth_evals = 1  # final loss = mean of the last k eval losses
+    c.scaling.holdout = 1  # the largest runs (by compute) left out of the fit and predicted
+    c.scaling.law = "compute"  # compute: L(C) = a C^b + c (GPT-4); chinchilla: L(N, D) = E + A/N^alpha + B/D^beta
+    c.scaling.exclude_highest = 0  # drop the k highest-loss runs before an L(N, D) fit (the replication drops 5)
+    c.scaling.huber_delta = 1e-3
+    c.scaling.bootstrap = 200  # resamples for the prediction interval
+    c.scaling.ci = 0.9
+    c.scaling.seed = 0
+    c.scaling.target = ""  # a config to predict, configs/NAME.py[:ARG]; "": the sweep's held-out runs
+    c.scaling.measured = 0.0  # the target's measured final loss, once trained (0: not yet)
     return c
 
 

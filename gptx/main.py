@@ -63,6 +63,12 @@ def _finetune(cfg, workdir: str) -> None:
     finetune.run(cfg, workdir)  # prints dev accuracy per task, writes WORKDIR/finetune_results.json
 
 
+def _scaling(cfg, workdir: str, action: str) -> None:
+    from gptx import scaling
+
+    scaling.run_command(cfg, workdir, action)
+
+
 def _convert(cfg, workdir: str) -> None:
     from gptx.interop import hf
 
@@ -87,13 +93,21 @@ def _convert(cfg, workdir: str) -> None:
     )
 
 
-COMMANDS = {"train": _train, "tokenizer": _tokenizer, "demo": _demo, "finetune": _finetune, "convert": _convert}
+COMMANDS = {
+    "train": _train,
+    "tokenizer": _tokenizer,
+    "demo": _demo,
+    "finetune": _finetune,
+    "scaling": _scaling,  # takes an action: sweep | fit | predict
+    "convert": _convert,
+}
 
 
 def main(argv: list[str]) -> None:
     usage = f"usage: python -m gptx.main <{'|'.join(COMMANDS)}> --config=configs/NAME.py[:ARG] --workdir=DIR"
-    if len(argv) != 2 or argv[1] not in COMMANDS:
-        raise app.UsageError(usage)
+    takes_action = len(argv) > 1 and argv[1] == "scaling"
+    if len(argv) != 2 + takes_action or argv[1] not in COMMANDS:
+        raise app.UsageError(usage + ("\n  scaling takes an action: sweep | fit | predict" if takes_action else ""))
     if _CONFIG.value is None or _WORKDIR.value is None:
         raise app.UsageError(f"--config and --workdir are required\n{usage}")
     cfg = _CONFIG.value
@@ -101,7 +115,7 @@ def main(argv: list[str]) -> None:
         config_lib.validate(cfg)  # keys and shapes first: a typo should not wait for device start-up
         mesh_lib.initialize_distributed(cfg.mesh)
         config_lib.validate(cfg, jax.device_count())
-        COMMANDS[argv[1]](cfg, _WORKDIR.value)
+        COMMANDS[argv[1]](cfg, _WORKDIR.value, *argv[2:])
     except (config_lib.ConfigError, FileNotFoundError, DataError, InteropError, NonFiniteLossError) as e:
         # Expected failures get one line naming what is wrong, not a traceback.
         logging.error("%s", e)

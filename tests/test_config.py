@@ -65,6 +65,7 @@ def test_every_shipped_config_is_valid():
         "gpt2": ["124m", "355m", "774m", "1.5b"],
         "demo": [None],
         "finetune": ["sst2", "rte,snli,hellaswag"],
+        "scaling": ["", "tiny"],
         "gpt3": ["125m", "350m", "760m", "1.3b", "2.7b", "6.7b", "13b", "175b"],
     }.items():
         for arg in args:
@@ -95,4 +96,7 @@ def test_cli_rejects_bad_config_before_compiling(tmp_path):
     out = run_cli("train", "--config=configs/demo.py", f"--workdir={tmp_path}", "--config.train.stepz=3")
     assert out.returncode == 2 and "unknown config key 'stepz'" in out.stderr and "steps" in out.stderr
     out = run_cli("fly", "--config=configs/demo.py", f"--workdir={tmp_path}")
-    assert out.returncode != 0 and "usage: python -m gptx.main <train|tokenizer|demo|finetune|convert>" in out.stderr
+    assert (
+        out.returncode != 0
+        and "usage: python -m gptx.main <train|tokenizer|demo|finetune|scaling|convert>" in out.stderr
+    )
