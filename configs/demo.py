@@ -33,4 +33,16 @@ def get_config(arg: str = ""):
         weight_decay=0.1,
     )
     c.mesh.update(data=-1, fsdp=1, tensor=1)
+    # The `scaling` stage: five sizes of 10 tokens per parameter, ~100x apart in compute; the largest is predicted.
+    c.scaling.update(
+        n_sizes=5,
+        d_model_min=16,
+        d_model_max=48,
+        n_layer_min=1,
+        n_layer_max=3,
+        head_dim=8,
+        tokens_per_param=10.0,
+        holdout=1,
+        law="compute",
+    )
     return c

@@ -159,10 +159,52 @@ def stage_sample(cfg: ml_collections.ConfigDict, workdir: str, report: Report) -
     report.section("sample", f"## 3. Samples (temperature 0.8, top-k 40)\n\n{body}\n")
 
 
+def stage_scaling(cfg: ml_collections.ConfigDict, workdir: str, report: Report) -> None:
+    """GPT-4-style predictable scaling: a sweep of small models, the largest predicted before it trains."""
+    import shutil
+
+    from gptx import scaling
+
+    sweep_cfg = ml_collections.ConfigDict(cfg.to_dict())
+    sweep_cfg.data.tokenizer = pretrain.tokenizer_path(cfg, workdir)  # the demo's tokenizer, shared by all runs
+    if not os.path.exists(sweep_cfg.data.tokenizer):
+        pretrain.train_tokenizer(cfg, workdir)
+    # Short contexts and small batches keep five runs within a few CPU minutes; sizes come from config.scaling.
+    sweep_cfg.model.update(name="scaling", block_size=64, dropout=0.0, attn_dropout=0.0)
+    sweep_cfg.data.seq_len = 0
+    sweep_cfg.train.update(batch_size=16, warmup_steps=20, eval_batches=16, progress=False)
+    run_dir = os.path.join(workdir, "scaling")
+    results = scaling.sweep(sweep_cfg, run_dir)
+    with open(os.path.join(run_dir, scaling.PREDICTION)) as f:
+        pred = json.load(f)
+    shutil.copy(os.path.join(run_dir, "prediction.png"), report.image_path("scaling_prediction.png"))
+    rows = "\n".join(
+        f"| {r['name']} | {r['n_params']:,} | {r['compute']:.2e} | {r['loss']:.3f} |"
+        for r in sorted(results.values(), key=lambda r: r["compute"])
+    )
+    lines = []
+    for t in pred["targets"]:
+        lo, hi = t["interval"]
+        measured = "not trained" if t["measured"] is None else f"{t['measured']:.3f}"
+        error = f"{100 * t['rel_error']:+.1f}%" if t.get("rel_error") is not None else "n/a"
+        lines.append(f"| {t['name']} | {t['predicted']:.3f} [{lo:.3f}, {hi:.3f}] | {measured} | {error} |")
+    span = max(r["compute"] for r in results.values()) / min(r["compute"] for r in results.values())
+    report.section(
+        "scaling",
+        f"## 4. Predictable scaling (GPT-4 report)\n\n{len(results)} runs spanning {span:.0f}x in training compute "
+        f"(FLOPs counted as for MFU). L(C) = a·C^b + c is fitted on all but the largest run and predicts it "
+        f"before it trains ({int(100 * sweep_cfg.scaling.ci)}% bootstrap interval).\n\n"
+        f"| run | parameters | compute (FLOPs) | final eval loss |\n|---|---|---|---|\n{rows}\n\n"
+        f"| predicted run | prediction [interval] | measured | error |\n|---|---|---|---|\n" + "\n".join(lines) + "\n\n"
+        "![scaling prediction](report/scaling_prediction.png)\n",
+    )
+
+
 STAGES: dict[str, Callable[[ml_collections.ConfigDict, str, Report], None]] = {
     "tokenizer": stage_tokenizer,
     "pretrain": stage_pretrain,
     "sample": stage_sample,
+    "scaling": stage_scaling,
 }
 
 

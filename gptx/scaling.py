@@ -545,7 +545,10 @@ def predict(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
 def _new_prediction(s, points: list[dict], targets: list[dict]) -> dict:
     need = 3 if s.law == "compute" else 5
     if len(points) < need:
-        raise ValueError(f"scaling predict: {len(points)} finished runs to fit on, the {s.law} law needs {need}")
+        raise ConfigError(
+            f"scaling predict: {len(points)} finished runs to fit on, the {s.law} law needs {need} "
+            "(config.scaling.n_sizes or its size range too small: sizes that round alike are trained once)"
+        )
     c = np.array([p["compute"] for p in points])
     loss = np.array([p["loss"] for p in points])
     kw = dict(resamples=s.bootstrap, seed=s.seed, ci=s.ci, delta=s.huber_delta)

@@ -1,6 +1,7 @@
 """The embedded default: `gptx.main demo` learns the bundled corpus and writes its report."""
 
 import json
+import time
 
 from test_config import run_cli
 
@@ -34,3 +35,23 @@ def test_demo_learns_far_below_the_unigram_entropy(tmp_path):
     assert "## 2. Pretraining" in (tmp_path / "report.md").read_text()
     out = run_cli("demo", "--config=configs/demo.py", f"--workdir={tmp_path}", "--stages=fly")
     assert out.returncode == 2 and "unknown demo stage(s) in --stages: ['fly']" in out.stderr
+
+
+def test_demo_scaling_stage_predicts_the_largest_run_before_training_it(tmp_path):
+    out = run_cli("demo", "--config=configs/demo.py", f"--workdir={tmp_path}", "--stages=scaling",
+                  "--config.scaling.n_sizes=4", "--config.scaling.d_model_min=8", "--config.scaling.d_model_max=40",
+                  "--config.scaling.n_layer_max=1", "--config.scaling.tokens_per_param=0.001",
+                  "--config.scaling.min_steps=6", "--config.scaling.bootstrap=20")  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    pred = json.loads((tmp_path / "scaling" / "prediction.json").read_text())
+    assert len(pred["fit_on"]) == 3 and len(pred["targets"]) == 1
+    target = pred["targets"][0]
+    assert target["measured"] is not None and "rel_error" in target
+    # The prediction was frozen before the predicted run's first checkpoint existed.
+    made_at = time.mktime(time.strptime(pred["made_at"], "%Y-%m-%dT%H:%M:%S"))
+    first_ckpt = min(
+        p.stat().st_mtime for p in (tmp_path / "scaling" / "runs" / target["name"] / "checkpoints").iterdir()
+    )
+    assert made_at <= first_ckpt
+    report = (tmp_path / "report.md").read_text()
+    assert "## 4. Predictable scaling" in report and (tmp_path / "report" / "scaling_prediction.png").exists()
