@@ -12,6 +12,7 @@ def test_demo_learns_far_below_the_unigram_entropy(tmp_path):
         "demo",
         "--config=configs/demo.py",
         f"--workdir={tmp_path}",
+        "--stages=tokenizer,pretrain,sample",
         "--config.train.steps=120",
         "--config.train.eval_every=60",
         "--config.train.progress=False",
