@@ -107,7 +107,7 @@ def default() -> ml_collections.ConfigDict:
     c.finetune.train_limit = 0  # use at most this many training examples per task (after a seeded shuffle); 0 = all
     c.finetune.eval_limit = 0  # evaluate on at most this many dev examples per task; 0 = all
 
-    # GPT-4 predictable scaling (gptx/scaling.py): the sweep schedule, the fit and the prediction.
+    # GPT-4 predictable scaling (gptx/scaling/): the sweep schedule, the fit and the prediction.
     c.scaling = ml_collections.ConfigDict()
     c.scaling.n_sizes = 5  # runs in the sweep, sizes geometric between the min and max below
     c.scaling.d_model_min = 16

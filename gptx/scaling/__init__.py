@@ -1,0 +1,71 @@
+"""Predictable scaling (GPT-4 report) and compute-optimal allocation (Chinchilla).
+
+`laws`: the fits, bootstrap intervals and predictions; `runs`: sweeps through the training loop and the
+`scaling {sweep,fit,predict}` command.
+"""
+
+from gptx.scaling.laws import (
+    COMPUTE_GRID,
+    EPOCH_GRID,
+    ChinchillaLaw,
+    ComputeLaw,
+    bootstrap_chinchilla,
+    bootstrap_compute_law,
+    bootstrap_weights,
+    drop_highest_losses,
+    fit_chinchilla,
+    fit_compute_law,
+    interval,
+    predict_chinchilla,
+    predict_compute,
+)
+from gptx.scaling.runs import (
+    LAWS,
+    PREDICTION,
+    RESULTS,
+    final_loss,
+    fit_results,
+    load_config_spec,
+    plot_prediction,
+    predict,
+    read_results,
+    run_command,
+    run_size,
+    scaling_defaults,
+    schedule,
+    sweep,
+    train_run,
+    validate_scaling,
+)
+
+__all__ = [
+    "COMPUTE_GRID",
+    "EPOCH_GRID",
+    "ChinchillaLaw",
+    "ComputeLaw",
+    "bootstrap_chinchilla",
+    "bootstrap_compute_law",
+    "bootstrap_weights",
+    "drop_highest_losses",
+    "fit_chinchilla",
+    "fit_compute_law",
+    "interval",
+    "predict_chinchilla",
+    "predict_compute",
+    "LAWS",
+    "PREDICTION",
+    "RESULTS",
+    "final_loss",
+    "fit_results",
+    "load_config_spec",
+    "plot_prediction",
+    "predict",
+    "read_results",
+    "run_command",
+    "run_size",
+    "scaling_defaults",
+    "schedule",
+    "sweep",
+    "train_run",
+    "validate_scaling",
+]

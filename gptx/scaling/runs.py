@@ -1,0 +1,378 @@
+"""Scaling sweeps: a family of runs through the training loop, their results, fits and predictions."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+
+from gptx.config import ConfigError
+from gptx.scaling.laws import (
+    ChinchillaLaw,
+    ComputeLaw,
+    bootstrap_chinchilla,
+    bootstrap_compute_law,
+    drop_highest_losses,
+    fit_chinchilla,
+    fit_compute_law,
+    interval,
+    predict_chinchilla,
+    predict_compute,
+)
+
+# ------------------------------------------------------------------------------------------- config + sweep
+
+LAWS = ("compute", "chinchilla")
+RESULTS = "results.jsonl"
+PREDICTION = "prediction.json"
+
+
+def scaling_defaults() -> ml_collections.ConfigDict:
+    """The `config.scaling` section (its schema lives in gptx/config.py with every other section)."""
+    from gptx import config as config_lib
+
+    return config_lib.default().scaling
+
+
+def validate_scaling(s: ml_collections.ConfigDict) -> None:
+    """ConfigError naming the key for a schedule or fit that cannot run."""
+    if s.law not in LAWS:
+        raise ConfigError(f"config.scaling.law={s.law!r} is not one of {', '.join(LAWS)}")
+    for key in ("n_sizes", "d_model_min", "d_model_max", "n_layer_min", "n_layer_max", "head_dim", "min_steps"):
+        if s[key] <= 0:
+            raise ConfigError(f"config.scaling.{key}={s[key]} must be positive")
+    if s.d_model_min < s.head_dim or s.d_model_max < s.d_model_min or s.n_layer_max < s.n_layer_min:
+        raise ConfigError("config.scaling.d_model_min/max and n_layer_min/max must be ordered, d_model >= head_dim")
+    if s.tokens_per_param <= 0 and s.compute_budget <= 0:
+        raise ConfigError("config.scaling.tokens_per_param or config.scaling.compute_budget must be positive")
+    if not 0 <= s.holdout < s.n_sizes or s.smooth_evals <= 0 or not 0 < s.ci < 1:
+        raise ConfigError("config.scaling.holdout must be in [0, n_sizes), smooth_evals > 0 and ci in (0, 1)")
+
+
+def _seq_len(cfg) -> int:
+    return cfg.data.seq_len or cfg.model.block_size
+
+
+def run_size(cfg: ml_collections.ConfigDict) -> dict:
+    """Parameters, FLOPs per token (as MFU counts them), tokens and compute of a config's training run."""
+    from gptx import flops
+    from gptx.models import GPTConfig
+
+    model = GPTConfig.from_config(cfg.model)
+    seq = _seq_len(cfg)
+    n_params = flops.count_params(model)
+    fpt = flops.flops_per_token(model, seq)
+    tokens = cfg.train.steps * cfg.train.batch_size * seq
+    return {"n_params": n_params, "flops_per_token": fpt, "tokens": tokens, "compute": fpt * tokens}
+
+
+def schedule(cfg: ml_collections.ConfigDict) -> list[tuple[str, ml_collections.ConfigDict]]:
+    """(name, run config) of every sweep run, by increasing compute: geometric d_model and n_layer."""
+    s = cfg.scaling
+    validate_scaling(s)
+    runs = []
+    for i in range(s.n_sizes):
+        t = i / max(s.n_sizes - 1, 1)
+        d = max(s.head_dim, round(s.d_model_min * (s.d_model_max / s.d_model_min) ** t / s.head_dim) * s.head_dim)
+        layers = max(1, round(s.n_layer_min * (s.n_layer_max / s.n_layer_min) ** t))
+        c = ml_collections.ConfigDict(cfg.to_dict())
+        c.model.update(name=f"{cfg.model.name}-d{d}-l{layers}", d_model=d, n_layer=layers, n_head=d // s.head_dim)
+        c.model.update(d_head=0, d_ff=0)
+        c.train.steps = 1
+        size = run_size(c)
+        per_step = size["tokens"]
+        tokens = s.tokens_per_param * size["n_params"] if s.tokens_per_param > 0 else s.compute_budget / size["compute"]
+        steps = max(s.min_steps, math.ceil(tokens / per_step))
+        c.train.update(
+            steps=steps,
+            decay_steps=0,
+            warmup_steps=min(cfg.train.warmup_steps, steps // 5),
+            eval_every=max(1, steps // 10),
+            log_every=min(cfg.train.log_every, steps),
+            ckpt_every=max(1, steps // 2),
+        )
+        name = f"d{d}-l{layers}-s{steps}"
+        if all(name != r[0] for r in runs):  # rounding can repeat a size
+            runs.append((name, c))
+    return sorted(runs, key=lambda r: run_size(r[1])["compute"])
+
+
+def read_results(workdir: str) -> dict[str, dict]:
+    """The sweep's finished runs, by name (a later line for the same name wins)."""
+    path = os.path.join(workdir, RESULTS)
+    if not os.path.exists(path):
+        return {}
+    out = {}
+    with open(path) as f:
+        for lineno, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{lineno}: not JSON ({e})") from e
+                out[row["name"]] = row
+    return out
+
+
+def final_loss(run_dir: str, smooth: int) -> tuple[float, float]:
+    """(mean of the last `smooth` eval losses, last train loss) from a run's metrics.jsonl (resumes deduplicated)."""
+    from gptx.train import logs
+
+    evals, train = {}, {}
+    for row in logs.read_metrics(run_dir):
+        if "eval_loss" in row:
+            evals[row["step"]] = float(row["eval_loss"])
+        if "loss" in row:
+            train[row["step"]] = float(row["loss"])
+    if not evals:
+        raise ValueError(f"{run_dir}/metrics.jsonl has no eval_loss: the corpus needs a validation split")
+    last = [evals[k] for k in sorted(evals)[-smooth:]]
+    return float(np.mean(last)), train[max(train)] if train else float("nan")
+
+
+def train_run(name: str, cfg: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains (or resumes) one sweep run in WORKDIR/runs/NAME and appends its result line."""
+    from gptx.train import pretrain
+
+    run_dir = os.path.join(workdir, "runs", name)
+    t0 = time.perf_counter()
+    pretrain.run(cfg, run_dir)
+    eval_loss, train_loss = final_loss(run_dir, cfg.scaling.smooth_evals)
+    row = {
+        "name": name,
+        "d_model": cfg.model.d_model,
+        "n_layer": cfg.model.n_layer,
+        "n_head": cfg.model.n_head,
+        "steps": cfg.train.steps,
+        **run_size(cfg),
+        "loss": eval_loss,
+        "train_loss": train_loss,
+        "wall_s": time.perf_counter() - t0,
+        "workdir": run_dir,
+    }
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, RESULTS), "a") as f:
+            f.write(json.dumps(row) + "\n")
+    return row
+
+
+def _shared_tokenizer(cfg: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
+    """All runs share one tokenizer (WORKDIR/tokenizer.model unless the config names one)."""
+    from gptx.train import pretrain
+
+    cfg = ml_collections.ConfigDict(cfg.to_dict())
+    if not cfg.data.tokenizer:
+        cfg.data.tokenizer = os.path.join(os.path.abspath(workdir), "tokenizer.model")
+        if not os.path.exists(cfg.data.tokenizer):
+            os.makedirs(workdir, exist_ok=True)
+            pretrain.train_tokenizer(cfg, workdir)
+    return cfg
+
+
+def sweep(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
+    """Trains every run of the schedule not yet in WORKDIR/results.jsonl, smallest first.
+
+    When runs are held out (scaling.holdout) and no external target is set, their loss is predicted from the
+    finished smaller runs before the first of them trains, and compared with the measurement afterwards.
+    """
+    cfg = _shared_tokenizer(cfg, workdir)
+    runs = schedule(cfg)
+    n_fit = len(runs) - cfg.scaling.holdout
+    for i, (name, run_cfg) in enumerate(runs):
+        done = read_results(workdir)
+        if i == n_fit and not cfg.scaling.target and name not in done:
+            predict(cfg, workdir)  # before the held-out runs train
+        if name in done:
+            print(f"scaling: {name} done, skipped")
+            continue
+        print(f"scaling: training {name} ({i + 1}/{len(runs)}, {run_cfg.train.steps} steps)")
+        train_run(name, run_cfg, workdir)
+    if cfg.scaling.holdout and not cfg.scaling.target:
+        predict(cfg, workdir)
+    return read_results(workdir)
+
+
+# ------------------------------------------------------------------------------------------ predict + fit
+
+
+def load_config_spec(spec: str) -> ml_collections.ConfigDict:
+    """get_config(arg) of a config file spec `path/to/file.py[:arg]`, as --config= loads it."""
+    import importlib.util
+
+    path, _, arg = spec.partition(":")
+    if not os.path.exists(path):
+        raise ConfigError(f"config.scaling.target={spec!r}: no such config file {path}")
+    module_spec = importlib.util.spec_from_file_location("gptx_scaling_target", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
+
+
+def _targets(cfg, results: dict[str, dict]) -> tuple[list[dict], list[dict]]:
+    """(fit points, targets): the finished smaller runs, and the runs or config to predict."""
+    runs = schedule(cfg)
+    n_fit = len(runs) - cfg.scaling.holdout if not cfg.scaling.target else len(runs)
+    points = [results[name] for name, _ in runs[:n_fit] if name in results]
+    if cfg.scaling.target:
+        size = run_size(load_config_spec(cfg.scaling.target))
+        measured = cfg.scaling.measured or None
+        return points, [{"name": cfg.scaling.target, **size, "measured": measured}]
+    targets = []
+    for name, run_cfg in runs[n_fit:]:
+        measured = results[name]["loss"] if name in results else None
+        targets.append({"name": name, **run_size(run_cfg), "measured": measured})
+    return points, targets
+
+
+def predict(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Predicts the held-out (or target) runs' final loss from the smaller runs; compares once measured.
+
+    The first prediction is frozen in WORKDIR/prediction.json (with the time it was made); later calls only add
+    the measured losses and relative errors, so the file shows the prediction as it was before training.
+    """
+    s = cfg.scaling
+    points, targets = _targets(cfg, read_results(workdir))
+    path = os.path.join(workdir, PREDICTION)
+    fit_names = [p["name"] for p in points]
+    stored = None
+    if os.path.exists(path):
+        with open(path) as f:
+            stored = json.load(f)
+        if stored.get("fit_on") != fit_names or [t["name"] for t in stored["targets"]] != [t["name"] for t in targets]:
+            stored = None  # a different sweep or target: predict afresh
+    if stored is None:
+        stored = _new_prediction(s, points, targets)
+    for old, new in zip(stored["targets"], targets, strict=True):
+        old["measured"] = new["measured"]
+        if new["measured"] is not None:
+            old["rel_error"] = (old["predicted"] - new["measured"]) / new["measured"]
+            old["within_interval"] = old["interval"][0] <= new["measured"] <= old["interval"][1]
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(stored, f, indent=1)
+        plot_prediction(stored, points, os.path.join(workdir, "prediction.png"))
+    for t in stored["targets"]:
+        measured = "not trained yet" if t["measured"] is None else f"measured {t['measured']:.4f}"
+        lo, hi = t["interval"]
+        print(f"scaling: {t['name']}: predicted {t['predicted']:.4f} [{lo:.4f}, {hi:.4f}], {measured}")
+    return stored
+
+
+def _new_prediction(s, points: list[dict], targets: list[dict]) -> dict:
+    need = 3 if s.law == "compute" else 5
+    if len(points) < need:
+        raise ConfigError(
+            f"scaling predict: {len(points)} finished runs to fit on, the {s.law} law needs {need} "
+            "(config.scaling.n_sizes or its size range too small: sizes that round alike are trained once)"
+        )
+    c = np.array([p["compute"] for p in points])
+    loss = np.array([p["loss"] for p in points])
+    kw = dict(resamples=s.bootstrap, seed=s.seed, ci=s.ci, delta=s.huber_delta)
+    out_targets = []
+    fit = None
+    for t in targets:
+        if s.law == "compute":
+            pred = predict_compute(c, loss, t["compute"], **kw)
+        else:
+            n = np.array([p["n_params"] for p in points])
+            d = np.array([p["tokens"] for p in points])
+            keep = drop_highest_losses(loss, s.exclude_highest)
+            pred = predict_chinchilla(n[keep], d[keep], loss[keep], t["n_params"], t["tokens"], **kw)
+        fit = pred.pop("fit")
+        out_targets.append({**{k: t[k] for k in ("name", "n_params", "tokens", "compute")}, **pred})
+    return {
+        "law": s.law,
+        "fit": fit,
+        "fit_on": [p["name"] for p in points],
+        "made_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "targets": out_targets,
+    }
+
+
+def _law_curve(pred: dict, points: list[dict], compute: np.ndarray) -> np.ndarray:
+    if pred["law"] == "compute":
+        f = pred["fit"]
+        return ComputeLaw(a=f["a"], b=f["b"], c=f["c"])(compute)
+    # L(N, D) along the sweep: N and D as power laws of C through the fitted points and targets.
+    rows = points + pred["targets"]
+    logc = np.log([r["compute"] for r in rows])
+    law = ChinchillaLaw(**{k: pred["fit"][k] for k in ("E", "A", "B", "alpha", "beta")})
+    n = np.exp(np.polyval(np.polyfit(logc, np.log([r["n_params"] for r in rows]), 1), np.log(compute)))
+    return law(n, compute / (6 * n))
+
+
+def plot_prediction(pred: dict, points: list[dict], path: str) -> None:
+    """PNG: fitted runs, the fitted law, each prediction with its interval, and measured losses."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    c = np.array([p["compute"] for p in points])
+    ax.plot(c, [p["loss"] for p in points], "o", color="C0", label="runs fitted")
+    hi_c = max([t["compute"] for t in pred["targets"]] + list(c))
+    grid = np.geomspace(c.min() / 1.5, hi_c * 1.5, 200)
+    ax.plot(grid, _law_curve(pred, points, grid), "-", color="C0", alpha=0.7, label=f"fit ({pred['law']} law)")
+    for i, t in enumerate(pred["targets"]):
+        lo, hi = t["interval"]
+        yerr = [[t["predicted"] - lo], [hi - t["predicted"]]]
+        label = f"prediction ({int(100 * t['ci'])}% interval)" if i == 0 else None
+        ax.errorbar(
+            [t["compute"]], [t["predicted"]], yerr=np.maximum(yerr, 0), fmt="s", color="C1", capsize=4, label=label
+        )
+        if t.get("measured") is not None:
+            ax.plot([t["compute"]], [t["measured"]], "*", ms=14, color="C3", label="measured" if i == 0 else None)
+    ax.set_xscale("log")
+    ax.set(xlabel="training compute C (FLOPs)", ylabel="final eval loss (nats/token)", title="predictable scaling")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def fit_results(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Fits the configured law to every finished run, with bootstrap intervals; writes WORKDIR/fit.json."""
+    s = cfg.scaling
+    rows = list(read_results(workdir).values())
+    c = np.array([r["compute"] for r in rows])
+    loss = np.array([r["loss"] for r in rows])
+    if s.law == "compute":
+        fit = fit_compute_law(c, loss, delta=s.huber_delta)
+        boots = [dataclasses.asdict(b) for b in bootstrap_compute_law(c, loss, fit, resamples=s.bootstrap, seed=s.seed)]
+        params = dataclasses.asdict(fit)
+    else:
+        n, d = np.array([r["n_params"] for r in rows]), np.array([r["tokens"] for r in rows])
+        keep = drop_highest_losses(loss, s.exclude_highest)
+        n, d, loss = n[keep], d[keep], loss[keep]
+        fit = fit_chinchilla(n, d, loss, delta=s.huber_delta)
+        boots = [b.as_dict() for b in bootstrap_chinchilla(n, d, loss, fit, resamples=s.bootstrap, seed=s.seed)]
+        params = fit.as_dict()
+    out = {
+        "law": s.law,
+        "points": len(loss),
+        "params": params,
+        "intervals": {k: interval([b[k] for b in boots], s.ci) for k in params if k != "objective"},
+        "ci": s.ci,
+    }
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "fit.json"), "w") as f:
+            json.dump(out, f, indent=1)
+    print(json.dumps(out))
+    return out
+
+
+def run_command(cfg: ml_collections.ConfigDict, workdir: str, action: str) -> dict:
+    """`gptx.main scaling {sweep,fit,predict}`."""
+    actions = {"sweep": sweep, "fit": fit_results, "predict": predict}
+    if action not in actions:
+        raise ConfigError(f"unknown scaling action {action!r}; actions: {', '.join(actions)}")
+    validate_scaling(cfg.scaling)
+    return actions[action](cfg, workdir)
