@@ -113,16 +113,14 @@ def main(argv=None) -> None:
     from gptx import config as config_lib
     from gptx import flops as flops_lib
     from gptx import mesh as mesh_lib
-    from gptx.models import GPT, GPTConfig
-    from gptx.train import lm
-    from gptx.train.state import TrainState, make_optimizer
+    from gptx.models import GPTConfig
+    from gptx.train import lm, pretrain
 
     cfg = build_config(args)
     config_lib.validate(cfg, num_devices=1)
     gcfg = GPTConfig.from_config(cfg.model)
     seq, batch_size = cfg.data.seq_len, args.batch
-    model = GPT(gcfg)
-    tx = make_optimizer(cfg.train)
+    model, init_fn = pretrain.make_model(cfg)
     device = jax.devices()[0]
     mesh = mesh_lib.make_mesh(cfg.mesh, devices=[device])
 
@@ -142,13 +140,7 @@ def main(argv=None) -> None:
     )
 
     with mesh_lib.activation_rules(mesh):
-
-        @jax.jit
-        def init(r):
-            params = model.init(r, jnp.zeros((1, seq), jnp.int32))["params"]
-            return TrainState.create(apply_fn=model.apply, params=nn.meta.unbox(params), tx=tx)
-
-        state = init(jax.random.key(args.seed))
+        state = jax.jit(lambda r: nn.meta.unbox(init_fn(r)))(jax.random.key(args.seed))
         step = jax.jit(lm.make_train_step(model), donate_argnums=(0,))
         step_rng = jax.random.key(args.seed + 1)
         t0 = time.perf_counter()

@@ -87,9 +87,7 @@ def bench_gptx(args):
 
     from gptx import config as config_lib
     from gptx import mesh as mesh_lib
-    from gptx.models import GPT, GPTConfig
-    from gptx.train import lm
-    from gptx.train.state import TrainState, make_optimizer
+    from gptx.train import lm, pretrain
 
     cfg = config_lib.default()
     cfg.model.update(
@@ -109,8 +107,7 @@ def bench_gptx(args):
     cfg.data.seq_len = args.seq
     cfg.mesh.update(data=1, fsdp=1, tensor=1)
     config_lib.validate(cfg)
-    model = GPT(GPTConfig.from_config(cfg.model))
-    tx = make_optimizer(cfg.train)
+    model, init_fn = pretrain.make_model(cfg)
     # A one-device mesh: the model's logical constraints resolve against it (all replicated).
     mesh = mesh_lib.make_mesh(cfg.mesh, devices=jax.devices()[:1])
 
@@ -125,13 +122,7 @@ def bench_gptx(args):
     }
 
     with mesh_lib.activation_rules(mesh):
-
-        @jax.jit
-        def init(r):
-            params = model.init(r, jnp.zeros((1, args.seq), jnp.int32))["params"]
-            return TrainState.create(apply_fn=model.apply, params=nn.meta.unbox(params), tx=tx)
-
-        state = init(jax.random.key(args.seed))
+        state = jax.jit(lambda r: nn.meta.unbox(init_fn(r)))(jax.random.key(args.seed))
         step = jax.jit(lm.make_train_step(model), donate_argnums=(0,))
         step_rng = jax.random.key(args.seed + 1)
         t0 = time.perf_counter()
