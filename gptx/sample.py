@@ -1,47 +1,260 @@
-"""Autoregressive sampling from a GPT (full-context recompute per token; a KV-cache decoder supersedes it)."""
+"""Batched autoregressive decoding over an explicit KV cache.
+
+`decode` is one jit-compiled program: a prefill of the left-padded prompts writes their keys and values into
+the cache, then a `while_loop` appends one token per step until every row has stopped or `max_new_tokens` are
+out. Positions come from the prompt mask, so a left-padded prompt sees the same positions as the unpadded one.
+Each row samples with its own key (`fold_in(row key, step)`), so a prompt's continuation does not depend on the
+batch it was decoded in. `generate` is the host-side wrapper: it pads and batches token lists, applies stop
+strings and returns Python lists.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from flax import linen as nn
+import numpy as np
+from jax.sharding import Mesh
+
+from gptx import mesh as mesh_lib
+from gptx.models.gpt import GPT, init_cache
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "top_k"))
-def generate(
-    model: nn.Module,
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """How to pick tokens. Hashable: `decode` compiles once per distinct setting."""
+
+    max_new_tokens: int = 64
+    temperature: float = 1.0  # 0: greedy
+    top_k: int = 0  # keep the k most likely tokens; 0: off
+    top_p: float = 1.0  # keep the smallest set of tokens with this much probability (nucleus); 1: off
+    eos_id: int | None = None  # a row stops after emitting it
+    stop: tuple[str, ...] = ()  # host-side stop strings (need a tokenizer in `generate`)
+    seed: int = 0
+    pad_id: int = 0  # written after a row has stopped
+
+
+def sampling_from_config(c: Any, eos_id: int | None = None, pad_id: int = 0) -> SamplingConfig:
+    """SamplingConfig from a `config.sample` section; ConfigError names a bad key."""
+    from gptx.config import ConfigError
+
+    if c.max_new_tokens <= 0:
+        raise ConfigError(f"config.sample.max_new_tokens={c.max_new_tokens} must be positive")
+    if c.temperature < 0 or c.top_k < 0:
+        raise ConfigError("config.sample.temperature and config.sample.top_k must be >= 0")
+    if not 0.0 < c.top_p <= 1.0:
+        raise ConfigError(f"config.sample.top_p={c.top_p} must be in (0, 1]")
+    if isinstance(c.stop, str) or not all(isinstance(s, str) and s for s in c.stop):
+        raise ConfigError(f"config.sample.stop={c.stop!r} must be a tuple of non-empty strings")
+    return SamplingConfig(
+        max_new_tokens=c.max_new_tokens,
+        temperature=float(c.temperature),
+        top_k=c.top_k,
+        top_p=float(c.top_p),
+        eos_id=eos_id,
+        stop=tuple(c.stop),
+        seed=c.seed,
+        pad_id=pad_id,
+    )
+
+
+class Decoded(NamedTuple):
+    """Output of `decode` for B prompts and N = max_new_tokens steps."""
+
+    tokens: jax.Array  # [B, N] int32; pad_id after a row stopped
+    logprobs: jax.Array  # [B, N] float32: log softmax(logits / temperature) of the chosen token (T = 1 if greedy)
+    mask: jax.Array  # [B, N] bool: True up to and including the first EOS
+
+
+@dataclasses.dataclass
+class Generation:
+    """Output of `generate`, one entry per prompt, in the prompts' order."""
+
+    tokens: list[list[int]]
+    logprobs: list[list[float]]
+    texts: list[str] | None = None
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Token lists -> (tokens [B, P] int32, mask [B, P] bool), right-aligned so every row ends at column P - 1."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token (e.g. BOS)")
+    width = max(len(p) for p in prompts)
+    tokens = np.full((len(prompts), width), pad_id, np.int32)
+    mask = np.zeros((len(prompts), width), bool)
+    for i, p in enumerate(prompts):
+        tokens[i, width - len(p) :] = p
+        mask[i, width - len(p) :] = True
+    return tokens, mask
+
+
+def positions_from_mask(mask: jax.Array) -> jax.Array:
+    """[B, T] bool -> [B, T] int32 positions counting real tokens from 0 (padding gets 0)."""
+    return jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0).astype(jnp.int32)
+
+
+def filter_logits(logits: jax.Array, top_k: int, top_p: float) -> jax.Array:
+    """Sets logits [..., V] outside the top-k and outside the top-p nucleus to -inf (the argmax always stays)."""
+    if top_k > 0:
+        kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    if top_p < 1.0:
+        sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
+        probs = jax.nn.softmax(sorted_logits, axis=-1)
+        mass_before = jnp.cumsum(probs, axis=-1) - probs  # probability of the tokens ranked above each one
+        kept = jnp.where(mass_before < top_p, sorted_logits, jnp.inf)
+        threshold = jnp.min(kept, axis=-1, keepdims=True)
+        logits = jnp.where(logits < threshold, -jnp.inf, logits)
+    return logits
+
+
+def choose(logits: jax.Array, keys: jax.Array, sampling: SamplingConfig) -> tuple[jax.Array, jax.Array]:
+    """Next tokens [B] and their log-probs [B] from logits [B, V], one key per row."""
+    if sampling.temperature == 0.0:
+        tokens = jnp.argmax(logits, axis=-1)
+        return tokens.astype(jnp.int32), _logprob_of(jax.nn.log_softmax(logits), tokens)
+    scaled = logits / sampling.temperature
+    filtered = filter_logits(scaled, sampling.top_k, sampling.top_p)
+    tokens = jax.vmap(jax.random.categorical)(keys, filtered)
+    # Log-probs of the tempered, unfiltered distribution: what PPO recomputes from the same logits.
+    return tokens.astype(jnp.int32), _logprob_of(jax.nn.log_softmax(scaled), tokens)
+
+
+def _logprob_of(logp: jax.Array, tokens: jax.Array) -> jax.Array:
+    return jnp.take_along_axis(logp, tokens[:, None], axis=-1)[:, 0]
+
+
+@functools.partial(jax.jit, static_argnames=("model", "sampling"))
+def decode(
+    model: GPT,
     params: Any,
-    prompt: jax.Array,
+    prompt_tokens: jax.Array,
+    prompt_mask: jax.Array,
     rng: jax.Array,
-    max_new_tokens: int,
-    temperature: float = 1.0,
-    top_k: int = 0,
-) -> jax.Array:
-    """Samples continuations of equal-length prompts [B, P]; returns tokens [B, P + max_new_tokens].
+    sampling: SamplingConfig,
+) -> Decoded:
+    """Samples max_new_tokens continuations of left-padded prompts.
 
-    temperature 0 is greedy decoding; top_k > 0 keeps only the k most likely tokens. P + max_new_tokens
-    must fit the model's context.
+    Args:
+      model, params: a GPT and its parameters (sharded or not; run under `mesh_lib.activation_rules` for a mesh).
+      prompt_tokens: [B, P] int32, left-padded; every row's last column is a real token.
+      prompt_mask: [B, P] bool, True at real tokens.
+      rng: one key, or a key per row [B] (rows then sample independently of the batch they are in).
+      sampling: the static decoding settings.
     """
-    b, p = prompt.shape
-    total = p + max_new_tokens
-    if total > model.cfg.block_size:
-        raise ValueError(f"prompt ({p}) + max_new_tokens ({max_new_tokens}) exceed the context {model.cfg.block_size}")
-    tokens = jnp.zeros((b, total), jnp.int32).at[:, :p].set(prompt)
+    b, p = prompt_tokens.shape
+    n = sampling.max_new_tokens
+    if p + n > model.cfg.block_size:
+        raise ValueError(f"prompt ({p}) + max_new_tokens ({n}) exceed the context {model.cfg.block_size}")
+    keys = rng if rng.ndim == 1 else jax.random.split(rng, b)
+    prompt_mask = prompt_mask.astype(bool)
+    lengths = prompt_mask.sum(axis=1).astype(jnp.int32)  # [B]
+    kv_mask = jnp.zeros((b, p + n), bool).at[:, :p].set(prompt_mask)
+    logits, cache = model.apply(
+        {"params": params},
+        prompt_tokens,
+        positions_from_mask(prompt_mask),
+        cache=init_cache(model.cfg, b, p + n),
+        cache_index=0,
+        kv_mask=kv_mask,
+    )
 
-    def body(i, carry):
-        tokens, rng = carry
-        # Causal attention: positions >= i do not affect the logits at i - 1, so the buffer can stay full size.
-        logits = model.apply({"params": params}, tokens)[:, i - 1]  # [B, V]
-        rng, key = jax.random.split(rng)
-        if top_k > 0:
-            kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
-            logits = jnp.where(logits < kth, -jnp.inf, logits)
-        sampled = jax.random.categorical(key, logits / jnp.maximum(temperature, 1e-6))
-        nxt = jnp.where(temperature > 0, sampled, jnp.argmax(logits, axis=-1))
-        return tokens.at[:, i].set(nxt.astype(jnp.int32)), rng
+    def cond(carry):
+        i, *_, done = carry
+        return (i < n) & ~jnp.all(done)
 
-    tokens, _ = jax.lax.fori_loop(p, total, body, (tokens, rng))
-    return tokens
+    def body(carry):
+        i, cache, kv_mask, logits, tokens, logprobs, valid, done = carry
+        token, logprob = choose(logits, jax.vmap(jax.random.fold_in, (0, None))(keys, i), sampling)
+        token = jnp.where(done, sampling.pad_id, token)
+        tokens = tokens.at[:, i].set(token)
+        logprobs = logprobs.at[:, i].set(jnp.where(done, 0.0, logprob))
+        valid = valid.at[:, i].set(~done)
+        if sampling.eos_id is not None:
+            done = done | (token == sampling.eos_id)
+        kv_mask = kv_mask.at[:, p + i].set(True)
+        step_logits, cache = model.apply(
+            {"params": params},
+            token[:, None],
+            (lengths + i)[:, None],
+            cache=cache,
+            cache_index=p + i,
+            kv_mask=kv_mask,
+        )
+        return i + 1, cache, kv_mask, step_logits[:, 0], tokens, logprobs, valid, done
+
+    carry = (
+        jnp.int32(0),
+        cache,
+        kv_mask,
+        logits[:, -1],
+        jnp.full((b, n), sampling.pad_id, jnp.int32),
+        jnp.zeros((b, n), jnp.float32),
+        jnp.zeros((b, n), bool),
+        jnp.zeros((b,), bool),
+    )
+    _, _, _, _, tokens, logprobs, valid, _ = jax.lax.while_loop(cond, body, carry)
+    return Decoded(tokens, logprobs, valid)
+
+
+def generate(
+    model: GPT,
+    params: Any,
+    prompts: Sequence[Sequence[int]],
+    sampling: SamplingConfig,
+    *,
+    tokenizer: Any = None,
+    batch_size: int = 0,
+    mesh: Mesh | None = None,
+) -> Generation:
+    """Continuations of token-list prompts, cut after EOS and, with a tokenizer, at the first stop string.
+
+    Prompts are decoded in batches of `batch_size` (0: all at once), each padded to its longest prompt; a
+    prompt's continuation is the same in any batch. With a mesh, batches are padded to a multiple of the
+    batch-sharding axes and decoded under the mesh's activation rules. Texts (with a tokenizer) end before
+    the stop string; tokens and log-probs end with the token that completed it.
+    """
+    if sampling.stop and tokenizer is None:
+        raise ValueError("stop strings need a tokenizer")
+    base = jax.random.key(sampling.seed)
+    row_keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.arange(len(prompts)))
+    size = batch_size or len(prompts)
+    shards = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
+    out = Generation([], [], [] if tokenizer is not None else None)
+    rules = mesh_lib.activation_rules(mesh) if mesh is not None else contextlib.nullcontext()
+    with rules:
+        for start in range(0, len(prompts), size):
+            chunk = list(prompts[start : start + size])
+            keys = row_keys[start : start + len(chunk)]
+            pad_rows = -len(chunk) % shards  # dummy rows so the batch splits over the mesh
+            chunk += [chunk[-1]] * pad_rows
+            keys = jnp.concatenate([keys] + [keys[-1:]] * pad_rows) if pad_rows else keys
+            tokens, mask = left_pad(chunk, sampling.pad_id)
+            result = jax.device_get(decode(model, params, tokens, mask, keys, sampling))
+            for row in range(len(chunk) - pad_rows):
+                _append(out, result, row, sampling, tokenizer)
+    return out
+
+
+def _append(out: Generation, result: Decoded, row: int, sampling: SamplingConfig, tokenizer: Any) -> None:
+    n = int(result.mask[row].sum())
+    tokens, logprobs = result.tokens[row, :n].tolist(), result.logprobs[row, :n].tolist()
+    if tokenizer is None:
+        out.tokens.append(tokens)
+        out.logprobs.append(logprobs)
+        return
+    body = tokens[:-1] if sampling.eos_id is not None and tokens and tokens[-1] == sampling.eos_id else tokens
+    text, cut = tokenizer.decode(body), len(tokens)
+    hits = [text.find(s) for s in sampling.stop if s in text]
+    if hits:
+        text = text[: min(hits)]
+        # The shortest prefix of tokens whose text already holds a stop string.
+        cut = next(k for k in range(1, len(body) + 1) if any(s in tokenizer.decode(body[:k]) for s in sampling.stop))
+    out.tokens.append(tokens[:cut])
+    out.logprobs.append(logprobs[:cut])
+    out.texts.append(text)

@@ -86,6 +86,39 @@ def _attention_with_dropout(q, k, v, segment_ids, window, rate, rng):
     return jnp.einsum("bnts,bsnh->btnh", probs, v)
 
 
+def cached_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    cache: dict[str, jax.Array],
+    cache_index: jax.Array,
+    kv_mask: jax.Array,
+    window: int | None,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Attention of T new tokens (q, k, v [B, T, N, H]) over a KV cache ({"k", "v"}: [B, S, N, H]).
+
+    The new keys and values go to slots cache_index .. cache_index + T - 1. A query attends to the slots up to
+    its own that kv_mask [B, S] marks as real tokens (left padding is not) and, for banded layers, to the last
+    `window` slots only: real tokens occupy consecutive slots after the padding, so slot distance is token
+    distance. Returns (y [B, T, N, H], the updated cache).
+    """
+    start = (0, cache_index, 0, 0)
+    k_all = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start)
+    v_all = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)
+    k_all = nn.with_logical_constraint(k_all, ("batch", "length", "act_heads", "kv"))
+    v_all = nn.with_logical_constraint(v_all, ("batch", "length", "act_heads", "kv"))
+    q_slot = cache_index + jnp.arange(q.shape[1])[:, None]  # [T, 1]
+    k_slot = jnp.arange(k_all.shape[1])[None, :]  # [1, S]
+    visible = k_slot <= q_slot
+    if window is not None:
+        visible &= k_slot > q_slot - window
+    # A padding query sees itself, so no softmax row is empty; no real query ever sees a padding slot.
+    mask = (visible[None, None] & kv_mask[:, None, None, :]) | (k_slot == q_slot)[None, None]  # [B, 1, T, S]
+    # XLA's implementation: the fused kernels take causal and band masks, not a cache mask of this shape.
+    y = jax.nn.dot_product_attention(q, k_all.astype(q.dtype), v_all.astype(q.dtype), mask=mask)
+    return y, {"k": k_all, "v": v_all}
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention with a fused QKV projection.
 
@@ -106,7 +139,20 @@ class CausalSelfAttention(nn.Module):
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, x: jax.Array, segment_ids: jax.Array | None = None) -> jax.Array:
+    def __call__(
+        self,
+        x: jax.Array,
+        segment_ids: jax.Array | None = None,
+        cache: dict[str, jax.Array] | None = None,
+        cache_index: jax.Array | None = None,
+        kv_mask: jax.Array | None = None,
+    ) -> tuple[jax.Array, dict[str, jax.Array] | None]:
+        """x [B, T, D] -> (y [B, T, D], updated cache or None).
+
+        Without a cache, tokens attend causally within their segment. With a cache ({"k", "v"}: [B, S, N, H]),
+        x holds the tokens of cache slots cache_index .. cache_index + T - 1: their keys and values are written
+        there, and they attend to every earlier slot that kv_mask [B, S] marks as a real token.
+        """
         d_model = x.shape[-1]
         n, h = self.n_head, self.d_head
         # Pins the input (and, in the backward pass, its cotangent) to batch sharding, so FSDP-sharded
@@ -131,8 +177,15 @@ class CausalSelfAttention(nn.Module):
         k = nn.with_logical_constraint(k, ("batch", "length", "act_heads", "kv"))
         v = nn.with_logical_constraint(v, ("batch", "length", "act_heads", "kv"))
 
+        if cache is not None:
+            y, cache = cached_attention(q, k, v, cache, cache_index, kv_mask, self.window)
+        else:
+            y = self._attend(q, k, v, segment_ids)
+        return self._project_out(y, d_model), cache
+
+    def _attend(self, q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array | None) -> jax.Array:
         use_dropout = not self.deterministic and self.attn_dropout > 0.0
-        y = dot_product_attention(
+        return dot_product_attention(
             q,
             k,
             v,
@@ -142,8 +195,10 @@ class CausalSelfAttention(nn.Module):
             dropout_rng=self.make_rng("dropout") if use_dropout else None,
             implementation=self.implementation,
         )
-        y = nn.with_logical_constraint(y, ("batch", "length", "act_heads", "kv"))
 
+    def _project_out(self, y: jax.Array, d_model: int) -> jax.Array:
+        n, h = self.n_head, self.d_head
+        y = nn.with_logical_constraint(y, ("batch", "length", "act_heads", "kv"))
         w_out = self.param(
             "out_kernel",
             nn.with_logical_partitioning(nn.initializers.normal(self.out_init_std), ("heads", "kv", "embed")),

@@ -16,6 +16,10 @@ from flax import linen as nn
 
 from gptx.models.attention import CausalSelfAttention, token_einsum
 
+# One layer's KV cache: {"k": [B, S, N, H], "v": [B, S, N, H]}; a model's cache maps layer names to these
+# (stacked along a leading layer-group axis under "layers" when the layers are scanned).
+Cache = dict[str, jax.Array]
+
 REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
     "dots": jax.checkpoint_policies.checkpoint_dots,
@@ -136,7 +140,15 @@ class Block(nn.Module):
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, x: jax.Array, segment_ids: jax.Array | None) -> tuple[jax.Array, None]:
+    def __call__(
+        self,
+        x: jax.Array,
+        segment_ids: jax.Array | None,
+        cache: Cache | None = None,
+        cache_index: jax.Array | None = None,
+        kv_mask: jax.Array | None = None,
+    ) -> tuple[jax.Array, Cache | None]:
+        """x [B, T, D] -> (x [B, T, D], this layer's updated KV cache or None); see CausalSelfAttention."""
         cfg = self.cfg
         attn = CausalSelfAttention(
             n_head=cfg.n_head,
@@ -155,12 +167,14 @@ class Block(nn.Module):
         mlp = MLP(cfg, deterministic=self.deterministic, name="mlp")
         ln_1, ln_2 = _layer_norm(cfg, "ln_1"), _layer_norm(cfg, "ln_2")
         if cfg.pre_ln:
-            x = x + attn(ln_1(x), segment_ids)
+            a, cache = attn(ln_1(x), segment_ids, cache, cache_index, kv_mask)
+            x = x + a
             x = x + mlp(ln_2(x))
         else:
-            x = ln_1(x + attn(x, segment_ids))
+            a, cache = attn(x, segment_ids, cache, cache_index, kv_mask)
+            x = ln_1(x + a)
             x = ln_2(x + mlp(x))
-        return nn.with_logical_constraint(x, ("batch", "length", "act_embed")), None
+        return nn.with_logical_constraint(x, ("batch", "length", "act_embed")), cache
 
 
 class LayerGroup(nn.Module):
@@ -173,11 +187,25 @@ class LayerGroup(nn.Module):
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, x: jax.Array, segment_ids: jax.Array | None) -> tuple[jax.Array, None]:
+    def __call__(
+        self,
+        x: jax.Array,
+        segment_ids: jax.Array | None,
+        cache: dict[str, Cache] | None = None,
+        cache_index: jax.Array | None = None,
+        kv_mask: jax.Array | None = None,
+    ) -> tuple[jax.Array, dict[str, Cache] | None]:
         block = _maybe_remat(self.cfg)
+        new_cache = {} if cache is not None else None
         for i in range(_group_size(self.cfg)):
-            x, _ = block(self.cfg, self.cfg.window(i), self.deterministic, name=f"layer_{i}")(x, segment_ids)
-        return x, None
+            name = f"layer_{i}"
+            layer_cache = cache[name] if cache is not None else None
+            x, layer_cache = block(self.cfg, self.cfg.window(i), self.deterministic, name=name)(
+                x, segment_ids, layer_cache, cache_index, kv_mask
+            )
+            if cache is not None:
+                new_cache[name] = layer_cache
+        return x, new_cache
 
 
 def _group_size(cfg: GPTConfig) -> int:
@@ -196,6 +224,11 @@ class GPT(nn.Module):
     Call with tokens [B, T] (int), optional positions [B, T] (per-segment positions of packed sequences) and
     segment_ids [B, T] (documents numbered from 1, 0 = padding); returns logits [B, T, vocab] in float32,
     or the final hidden states [B, T, D] when `return_hidden`.
+
+    Decoding passes a KV cache (from `init_cache`) with `cache_index` (the cache slot of tokens[:, 0]) and
+    `kv_mask` [B, S] (True where a slot holds a real token, including the ones being written); the call then
+    returns (logits or hidden, updated cache). `input_embeds` [B, T, D] replace the token embeddings, so other
+    modalities can enter the token stream (positions are still added).
     """
 
     cfg: GPTConfig
@@ -209,7 +242,11 @@ class GPT(nn.Module):
         *,
         deterministic: bool = True,
         return_hidden: bool = False,
-    ) -> jax.Array:
+        cache: dict | None = None,
+        cache_index: jax.Array | None = None,
+        kv_mask: jax.Array | None = None,
+        input_embeds: jax.Array | None = None,
+    ) -> jax.Array | tuple[jax.Array, dict]:
         cfg = self.cfg
         _, t = tokens.shape
         if positions is None:
@@ -230,19 +267,19 @@ class GPT(nn.Module):
         # batch-sharded instead of being resharded from `embed` to `batch` afterwards.
         wte_rows = nn.with_logical_constraint(wte, ("vocab", None))
         wpe_rows = nn.with_logical_constraint(wpe, ("positions", None))
-        x = (jnp.take(wte_rows, tokens, axis=0) + jnp.take(wpe_rows, positions, axis=0)).astype(cfg.dtype)
+        token_embeds = jnp.take(wte_rows, tokens, axis=0) if input_embeds is None else input_embeds
+        x = (token_embeds + jnp.take(wpe_rows, positions, axis=0)).astype(cfg.dtype)
         x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
         x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
-        x = self._layers(x, segment_ids, deterministic)
+        x, cache = self._layers(x, segment_ids, deterministic, cache, cache_index, kv_mask)
         if cfg.pre_ln:
             x = _layer_norm(cfg, "ln_f")(x)
-        if return_hidden:
-            return x
-        logits = token_einsum("btd,vd->btv", x, wte.astype(cfg.dtype))
-        logits = nn.with_logical_constraint(logits, ("batch", "length", "act_vocab"))
-        return logits.astype(jnp.float32)
+        if not return_hidden:
+            x = token_einsum("btd,vd->btv", x, wte.astype(cfg.dtype))
+            x = nn.with_logical_constraint(x, ("batch", "length", "act_vocab")).astype(jnp.float32)
+        return x if cache is None else (x, cache)
 
-    def _layers(self, x: jax.Array, segment_ids: jax.Array | None, deterministic: bool) -> jax.Array:
+    def _layers(self, x, segment_ids, deterministic, cache, cache_index, kv_mask):
         cfg = self.cfg
         n_groups = cfg.n_layer // _group_size(cfg)
         if cfg.scan_layers:
@@ -250,13 +287,39 @@ class GPT(nn.Module):
                 LayerGroup,
                 variable_axes={"params": 0},
                 split_rngs={"params": True, "dropout": True},
-                in_axes=nn.broadcast,
+                in_axes=(nn.broadcast, 0, nn.broadcast, nn.broadcast),  # the cache is stacked over groups
                 length=n_groups,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
-            x, _ = scanned(cfg, deterministic, name="layers")(x, segment_ids)
-            return x
+            layer_cache = cache["layers"] if cache is not None else None
+            x, layer_cache = scanned(cfg, deterministic, name="layers")(
+                x, segment_ids, layer_cache, cache_index, kv_mask
+            )
+            return x, ({"layers": layer_cache} if cache is not None else None)
         block = _maybe_remat(cfg)
+        new_cache = {} if cache is not None else None
         for i in range(cfg.n_layer):
-            x, _ = block(cfg, cfg.window(i), deterministic, name=f"h_{i}")(x, segment_ids)
-        return x
+            name = f"h_{i}"
+            x, layer_cache = block(cfg, cfg.window(i), deterministic, name=name)(
+                x, segment_ids, cache[name] if cache is not None else None, cache_index, kv_mask
+            )
+            if cache is not None:
+                new_cache[name] = layer_cache
+        return x, new_cache
+
+
+def init_cache(cfg: GPTConfig, batch: int, length: int) -> dict:
+    """An empty KV cache for `batch` sequences of up to `length` tokens, laid out as GPT's layers are.
+
+    Each layer holds {"k", "v"}: [batch, length, n_head, head_dim] in the compute dtype; scanned layers stack
+    them as [n_groups, batch, length, n_head, head_dim] under "layers".
+    """
+    shape = (batch, length, cfg.n_head, cfg.head_dim)
+    if cfg.scan_layers:
+        group = _group_size(cfg)
+        shape = (cfg.n_layer // group, *shape)
+        layers = {
+            f"layer_{i}": {"k": jnp.zeros(shape, cfg.dtype), "v": jnp.zeros(shape, cfg.dtype)} for i in range(group)
+        }
+        return {"layers": layers}
+    return {f"h_{i}": {"k": jnp.zeros(shape, cfg.dtype), "v": jnp.zeros(shape, cfg.dtype)} for i in range(cfg.n_layer)}
