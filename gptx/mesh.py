@@ -22,7 +22,7 @@ import numpy as np
 from absl import logging
 from flax import linen as nn
 from jax.experimental import mesh_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec
 
 from gptx.config import ConfigError
 
@@ -48,6 +48,8 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
     ("norm", None),
     ("layers", None),
     ("classes", None),  # classifier outputs (fine-tuning heads): small, replicated
+    ("pixels", None),  # flattened image patches entering a ViT's patch embedding
+    ("joint", None),  # CLIP's joint image-text embedding: small, replicated
 )
 
 
@@ -83,7 +85,28 @@ def initialize_distributed(mesh_cfg: ml_collections.ConfigDict) -> bool:
         )
     logging.info("jax.distributed.initialize(%s)", kwargs)
     jax.distributed.initialize(**kwargs)
+    if jax.process_index() != 0:
+        logging.set_verbosity(logging.WARNING)  # process 0 tells the story; the others speak up only when wrong
     return True
+
+
+def agree_across_processes(value: int | None, what: str) -> int | None:
+    """Process 0's `value` (an int or None), after checking that every process holds the same.
+
+    Each process reads e.g. the latest checkpoint step from its own view of the workdir; if the views differ
+    (a workdir on each host's local disk), the processes would restore different states and hang.
+    """
+    if jax.process_count() == 1:
+        return value
+    from jax.experimental import multihost_utils
+
+    values = multihost_utils.process_allgather(np.asarray(-1 if value is None else value, np.int64))
+    values = [None if v < 0 else int(v) for v in np.asarray(values).reshape(-1)]
+    if len(set(values)) > 1:
+        raise ConfigError(
+            f"processes disagree on the {what}: {values} (by process); is the workdir on a filesystem all hosts share?"
+        )
+    return values[0]
 
 
 def resolve_mesh_shape(mesh_cfg: ml_collections.ConfigDict, num_devices: int) -> dict[str, int]:
@@ -104,29 +127,59 @@ def resolve_mesh_shape(mesh_cfg: ml_collections.ConfigDict, num_devices: int) ->
         sizes[free[0]] = num_devices // fixed
     elif fixed != num_devices:
         raise ConfigError(f"config.mesh {sizes} needs {fixed} devices but {num_devices} are available")
+    dcn = int(mesh_cfg.get("dcn_data", 1))
+    if dcn < 1 or sizes["data"] % dcn:
+        raise ConfigError(f"config.mesh.dcn_data={dcn} must be positive and divide config.mesh.data={sizes['data']}")
     return sizes
 
 
 def make_mesh(mesh_cfg: ml_collections.ConfigDict, devices: list | None = None) -> Mesh:
-    """The (data, fsdp, tensor) mesh over all global devices (or `devices`)."""
+    """The (data, fsdp, tensor) mesh over all global devices (or `devices`).
+
+    With `config.mesh.dcn_data` > 1 the `data` axis spans that many TPU slices (or, on platforms without
+    slices, groups of processes) over the data-centre network, and `fsdp`/`tensor` stay on the fast links
+    within one.
+    """
     sizes = resolve_mesh_shape(mesh_cfg, len(devices) if devices else jax.device_count())
     shape = tuple(sizes[a] for a in MESH_AXES)
-    if devices is None:
+    dcn = int(mesh_cfg.get("dcn_data", 1))
+    if dcn > 1:
+        devices = devices or jax.devices()
+        # Multi-slice TPU devices carry distinct slice_index; elsewhere each process is one unit of the slow network.
+        slices = {getattr(d, "slice_index", None) for d in devices}
+        try:
+            device_array = mesh_utils.create_hybrid_device_mesh(
+                (sizes["data"] // dcn, sizes["fsdp"], sizes["tensor"]),
+                (dcn, 1, 1),
+                devices,
+                process_is_granule=len(slices) == 1,
+                allow_split_physical_axes=True,
+            )
+        except ValueError as e:  # e.g. 1 slice where config.mesh.dcn_data says 2
+            raise ConfigError(f"config.mesh.dcn_data={dcn}: {e}") from e
+    elif devices is None or devices[0].platform == "tpu":
         # Topology-aware placement: tensor parallelism on the fastest links, data parallelism across hosts.
-        device_array = mesh_utils.create_device_mesh(shape, allow_split_physical_axes=True)
+        device_array = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
     else:
         device_array = np.asarray(devices).reshape(shape)
     return Mesh(device_array, MESH_AXES)
 
 
+def abstract_mesh(mesh_cfg: ml_collections.ConfigDict, num_devices: int) -> AbstractMesh:
+    """The mesh's axis sizes without devices: enough to trace and lower for a topology this machine lacks."""
+    sizes = resolve_mesh_shape(mesh_cfg, num_devices)
+    return AbstractMesh(tuple(sizes[a] for a in MESH_AXES), MESH_AXES)
+
+
 @contextlib.contextmanager
-def activation_rules(mesh: Mesh) -> Iterator[None]:
+def activation_rules(mesh: Mesh | AbstractMesh) -> Iterator[None]:
     """Context in which `nn.with_logical_constraint` inside models resolves against `mesh`.
 
     Flax reads the mesh from `jax.sharding.get_abstract_mesh()`, which `jax.set_mesh` sets; without it the
     activation constraints would silently do nothing.
     """
-    with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
+    set_mesh = jax.sharding.use_abstract_mesh if isinstance(mesh, AbstractMesh) else jax.set_mesh
+    with set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
         yield
 
 

@@ -122,7 +122,7 @@ def restore_or_init(
 ) -> TrainState:
     """The latest checkpoint in the workdir (model, optimizer and data position), else a fresh sharded init."""
     shardings, target = abstract_state(trainer.init_fn, mesh, rng)
-    latest = mngr.latest_step()
+    latest = mesh_lib.agree_across_processes(mngr.latest_step(), "checkpoint step to resume from")
     if latest is None:
         init = jax.jit(lambda r: nn.meta.unbox(trainer.init_fn(r)), out_shardings=shardings)
         return init(rng)
