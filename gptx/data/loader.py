@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import grain
-import jax
 import numpy as np
 
+from gptx.data import records
 from gptx.data.tokenizer import Tokenizer
 
 
@@ -34,7 +34,7 @@ def _to_batch(packed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def lm_dataset(
-    docs: Sequence[str],
+    docs: Sequence[str] | grain.MapDataset,
     tokenizer: Tokenizer,
     *,
     seq_len: int,
@@ -42,19 +42,26 @@ def lm_dataset(
     seed: int = 0,
     train: bool = True,
     worker_count: int = 0,
+    shard: grain.sharding.ShardOptions | None = None,
 ) -> grain.IterDataset:
     """Packed language-modelling batches for this process.
 
-    Each process reads every `process_count`-th document and yields its share of the global batch:
-    dicts of [batch_size / process_count, seq_len] arrays `inputs`, `targets`, `positions` (per document),
-    `segment_ids` (documents numbered from 1 within a row, 0 = padding) and `weights` (1.0 where a target
-    counts). Training data is shuffled with `seed`, reshuffled every epoch and repeated forever; evaluation
-    data is read once in order.
+    `docs` is any random-access sequence of texts: a list, or a grain MapDataset such as the ArrayRecord-backed
+    splits of a prepared directory (`gptx.data.records.PreparedCorpus`). Process `shard.shard_index` of
+    `shard.shard_count` (default: this JAX process of all of them) reads every `shard_count`-th document and
+    yields its share of the global batch: dicts of [batch_size / shard_count, seq_len] arrays `inputs`,
+    `targets`, `positions` (per document), `segment_ids` (documents numbered from 1 within a row, 0 = padding)
+    and `weights` (1.0 where a target counts). Training data is shuffled with `seed`, reshuffled every epoch
+    and repeated forever; evaluation data is read once in order.
     """
-    n_proc = jax.process_count()
+    shard = shard or grain.sharding.ShardByJaxProcess()
+    n_proc = shard.shard_count
     if batch_size % n_proc:
         raise ValueError(f"batch size {batch_size} does not split over {n_proc} processes")
-    ds = grain.MapDataset.source(list(docs))[jax.process_index() :: n_proc]
+    ds = docs if isinstance(docs, grain.MapDataset) else grain.MapDataset.source(docs)
+    if shard.drop_remainder:
+        ds = ds[: len(ds) - len(ds) % n_proc]  # every process gets the same number of documents
+    ds = ds[shard.shard_index :: n_proc]
     if train:
         ds = ds.shuffle(seed=seed).repeat()
     ds = ds.map(_ToExample(tokenizer)).to_iter_dataset()
@@ -66,8 +73,14 @@ def lm_dataset(
     return ds
 
 
-def split_train_val(docs: Sequence[str], val_fraction: float) -> tuple[list[str], list[str]]:
-    """The last `val_fraction` of the documents (in corpus order) is the validation split."""
+def split_train_val(docs: Sequence[str], val_fraction: float) -> tuple[Sequence[str], Sequence[str]]:
+    """The last `val_fraction` of the documents (in corpus order) is the validation split.
+
+    A prepared corpus (`gptx.data.records.PreparedCorpus`) brings its own splits, held out per source before
+    mixing; `val_fraction` then does not apply.
+    """
+    if isinstance(docs, records.PreparedCorpus):
+        return docs.train, docs.val
     n_val = int(round(len(docs) * val_fraction))
     if val_fraction > 0 and n_val == 0:
         n_val = 1

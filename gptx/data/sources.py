@@ -1,4 +1,4 @@
-"""Readers that turn corpus files into lists of documents."""
+"""Readers that turn a corpus (a text file, or a directory of prepared shards) into documents."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import bz2
 import gzip
 import importlib.resources
 import lzma
+import os
 import re
+from collections.abc import Sequence
 
 BUNDLED = {"tinyshakespeare": "tinyshakespeare.txt"}
 
@@ -57,5 +59,11 @@ def split_documents(text: str, separator: str) -> list[str]:
     return [d.strip("\n") for d in docs if d.strip()]
 
 
-def read_documents(path: str, separator: str = "blank_line") -> list[str]:
+def read_documents(path: str, separator: str = "blank_line") -> Sequence[str]:
+    """Documents of a corpus: a text file split by `separator`, or a directory written by `prepare`
+    (a lazy, random-access `gptx.data.records.PreparedCorpus` over its ArrayRecord shards)."""
+    from gptx.data import records  # late import: records imports grain
+
+    if os.path.isdir(path):
+        return records.PreparedCorpus(path)
     return split_documents(read_text(path), separator)
