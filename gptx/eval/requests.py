@@ -1,0 +1,345 @@
+"""The three model requests of an evaluation, as lm-evaluation-harness defines them.
+
+  loglikelihood(context, continuation) -> (log P(continuation | context) in nats, is_greedy)
+  loglikelihood_rolling(text)          -> log P(text), over windows when the text exceeds the context
+  generate_until(context, until)       -> greedy continuation, cut at the first stop string
+
+`LM` runs them on a gptx model. Requests are deduplicated, sorted by length (longest first, so the first batch
+shows the memory peak) and cut into fixed-size batches of one power-of-two length bucket each, which bounds the
+number of compilations and computes a request at the same padded length whatever else is in its batch. Each
+score is read from its own row and summed on the host in float64, so another batch size changes a score only by
+float32 rounding (XLA may order a matmul's sums differently for another batch shape, ~1e-6 nats): the metrics
+are the same for any batch size.
+
+Every context starts with `prefix_ids` (the tokenizer's BOS by default): gptx models are trained on documents
+that start with BOS, and a continuation needs at least one token before it to be predicted from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import math
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from gptx import mesh as mesh_lib
+
+MIN_BUCKET = 16
+
+
+class TextTokenizer(Protocol):
+    """What the harness needs of a tokenizer (gptx.data.tokenizer.Tokenizer has it)."""
+
+    bos_id: int
+    eos_id: int
+    pad_id: int
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Loglikelihood:
+    """Score of one continuation: summed log-probability (nats), greedy agreement, scored tokens."""
+
+    logprob: float
+    is_greedy: bool
+    n_tokens: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Rolling:
+    """Log-likelihood of a whole text and the counts that turn it into perplexities."""
+
+    logprob: float  # nats
+    n_tokens: int
+    n_bytes: int  # UTF-8 bytes of the text
+    n_words: int  # whitespace-separated words
+
+    @property
+    def bits_per_byte(self) -> float:
+        return -self.logprob / (math.log(2) * max(self.n_bytes, 1))
+
+    @property
+    def token_perplexity(self) -> float:
+        return math.exp(-self.logprob / max(self.n_tokens, 1))
+
+    @property
+    def word_perplexity(self) -> float:
+        return math.exp(-self.logprob / max(self.n_words, 1))
+
+
+def bucket_length(n: int, max_len: int) -> int:
+    """Padded length of a batch whose longest row has n tokens: the next power of two (>= MIN_BUCKET), capped."""
+    return min(max(MIN_BUCKET, 1 << (n - 1).bit_length()), max_len)
+
+
+def rolling_windows(n_tokens: int, max_len: int, stride: int = 0) -> list[tuple[int, int, int]]:
+    """Windows that predict each of a text's tokens exactly once.
+
+    The text is `full = prefix + tokens` with the prefix at index 0 and tokens at 1..n_tokens. Targets are cut
+    into chunks of `stride` tokens (0: max_len); the chunk of targets [a, b) is predicted from the max_len
+    tokens before b (fewer at the start), so each window is (start, a, b): context full[start:a], continuation
+    full[a:b]. stride = max_len is lm-evaluation-harness's layout (disjoint windows, the last one with a full
+    context); stride 1 gives every token the full context (the sliding-window definition of perplexity).
+    """
+    stride = stride or max_len
+    if not 0 < stride <= max_len:
+        raise ValueError(f"stride {stride} must be in [1, max_len={max_len}]")
+    out = []
+    for a in range(1, n_tokens + 1, stride):
+        b = min(a + stride, n_tokens + 1)
+        out.append((max(0, b - 1 - max_len), a, b))
+    return out
+
+
+def split_pair(tokenizer: TextTokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """Tokens of (context, continuation), cut from the tokens of context + continuation.
+
+    Trailing spaces of the context move to the continuation, as lm-evaluation-harness does, so " word" is
+    scored as the tokenizer would see it inside running text. Encoding the two separately would not do:
+    SentencePiece marks the start of every encoded string. When a token straddles the boundary it belongs to
+    the continuation.
+    """
+    n_spaces = len(context) - len(context.rstrip(" "))
+    if n_spaces:
+        context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+    whole = tokenizer.encode(context + continuation)
+    ctx = tokenizer.encode(context) if context else []
+    common = 0
+    for a, b in zip(ctx, whole, strict=False):
+        if a != b:
+            break
+        common += 1
+    common = min(common, len(whole) - 1) if continuation else common
+    return whole[:common], whole[common:]
+
+
+class LM:
+    """A gptx model answering evaluation requests.
+
+    Args:
+      model: a gptx GPT (its cfg.block_size is the context length).
+      params: its parameters (numpy, device arrays, or sharded on `mesh`).
+      tokenizer: encode/decode/bos_id/eos_id/pad_id; only the text-level methods need it.
+      batch_size: rows per forward pass (rounded up to a multiple of the mesh's batch shards).
+      mesh: run under this mesh (activation sharding rules); None runs on the default device.
+      prefix_ids: tokens put before every context; None: [tokenizer.bos_id].
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        params: Any,
+        tokenizer: TextTokenizer | None = None,
+        *,
+        batch_size: int = 16,
+        mesh: Mesh | None = None,
+        prefix_ids: Sequence[int] | None = None,
+    ):
+        self.model, self.params, self.tokenizer, self.mesh = model, params, tokenizer, mesh
+        self.max_len = model.cfg.block_size
+        shards = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
+        self.batch_size = -(-max(1, batch_size) // shards) * shards
+        if prefix_ids is None:
+            prefix_ids = [tokenizer.bos_id] if tokenizer is not None else []
+        self.prefix_ids = list(prefix_ids)
+        self.pad_id = tokenizer.pad_id if tokenizer is not None else 0
+        self._score = _make_scorer(model, mesh)
+        self.forward_passes = 0  # batches run, for throughput reports
+
+    # ---------------------------------------------------------------------------------------------------------
+    # Token level
+
+    def loglikelihood_tokens(self, requests: Sequence[tuple[Sequence[int], Sequence[int]]]) -> list[Loglikelihood]:
+        """Scores continuation tokens after context tokens (the prefix is NOT added here).
+
+        A request longer than the context keeps its last max_len + 1 tokens (the context is cut on the left);
+        the continuation itself must fit: 1 <= len(continuation) <= max_len, and context + continuation needs
+        at least 2 tokens.
+        """
+        keys = [(tuple(int(t) for t in c), tuple(int(t) for t in x)) for c, x in requests]
+        unique = list(dict.fromkeys(keys))
+        for ctx, cont in unique:
+            if not 1 <= len(cont) <= self.max_len or not ctx:
+                raise ValueError(
+                    f"a request needs a context of >= 1 token and a continuation of 1..{self.max_len} tokens, "
+                    f"got {len(ctx)} and {len(cont)}"
+                )
+        rows = [(ctx + cont)[-(self.max_len + 1) :] for ctx, cont in unique]
+        # Longest first; a batch holds rows of one length bucket only, so every row is always computed at the
+        # same padded length, whatever the batch size and the other requests.
+        buckets = [bucket_length(len(r) - 1, self.max_len) for r in rows]
+        order = sorted(range(len(rows)), key=lambda i: (-buckets[i], -len(rows[i]), i))
+        chunks = []
+        for b in dict.fromkeys(buckets[i] for i in order):
+            group = [i for i in order if buckets[i] == b]
+            chunks += [group[s : s + self.batch_size] for s in range(0, len(group), self.batch_size)]
+        scores: dict[int, Loglikelihood] = {}
+        for chunk in chunks:
+            logp, greedy = self._run([rows[i] for i in chunk])
+            for r, i in enumerate(chunk):
+                n_in, n_cont = len(rows[i]) - 1, len(unique[i][1])
+                lp, gr = logp[r, n_in - n_cont : n_in], greedy[r, n_in - n_cont : n_in]
+                scores[i] = Loglikelihood(float(np.sum(lp, dtype=np.float64)), bool(np.all(gr)), n_cont)
+        index = {k: i for i, k in enumerate(unique)}
+        return [scores[index[k]] for k in keys]
+
+    def _run(self, rows: list[tuple[int, ...]]) -> tuple[np.ndarray, np.ndarray]:
+        """Per-token log-probs and greedy flags [batch_size, T] of right-padded rows (inputs row[:-1])."""
+        t = bucket_length(max(len(r) for r in rows) - 1, self.max_len)
+        inputs = np.full((self.batch_size, t), self.pad_id, np.int32)
+        targets = np.zeros((self.batch_size, t), np.int32)
+        for r, row in enumerate(rows):
+            inputs[r, : len(row) - 1] = row[:-1]
+            targets[r, : len(row) - 1] = row[1:]
+        self.forward_passes += 1
+        logp, greedy = self._score(self.params, inputs, targets)
+        return np.asarray(logp), np.asarray(greedy)
+
+    def rolling_tokens(self, texts: Sequence[Sequence[int]], stride: int = 0) -> list[float]:
+        """log P(tokens) of each token list after the prefix, over `rolling_windows` when longer than the context."""
+        if not self.prefix_ids:
+            raise ValueError("rolling log-likelihood needs prefix_ids (a token to predict the first token from)")
+        requests, owner = [], []
+        for j, toks in enumerate(texts):
+            full = [*self.prefix_ids[-1:], *toks]
+            for start, a, b in rolling_windows(len(toks), self.max_len, stride):
+                requests.append((full[start:a], full[a:b]))
+                owner.append(j)
+        totals = [0.0] * len(texts)
+        for j, score in zip(owner, self.loglikelihood_tokens(requests), strict=True):
+            totals[j] += score.logprob
+        return totals
+
+    # ---------------------------------------------------------------------------------------------------------
+    # Text level
+
+    def _tok(self) -> TextTokenizer:
+        if self.tokenizer is None:
+            raise ValueError("text requests need a tokenizer")
+        return self.tokenizer
+
+    def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        ctx, cont = split_pair(self._tok(), context, continuation)
+        return self.prefix_ids + ctx, cont
+
+    def loglikelihood(self, requests: Sequence[tuple[str, str]]) -> list[Loglikelihood]:
+        """log P(continuation | prefix + context) and is_greedy for (context, continuation) strings."""
+        return self.loglikelihood_tokens([self.encode_pair(c, x) for c, x in requests])
+
+    def loglikelihood_rolling(self, texts: Sequence[str], stride: int = 0) -> list[Rolling]:
+        """log P(text | prefix) of whole texts, with counts for perplexity and bits per byte."""
+        tokens = [self._tok().encode(t) for t in texts]
+        logps = self.rolling_tokens(tokens, stride)
+        return [
+            Rolling(lp, len(tok), len(text.encode("utf-8")), len(text.split()))
+            for lp, tok, text in zip(logps, tokens, texts, strict=True)
+        ]
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.prefix_ids) + len(self._tok().encode(text))
+
+    def generate_until(
+        self,
+        requests: Sequence[tuple[str, Sequence[str]]],
+        max_new_tokens: int = 32,
+        *,
+        temperature: float = 0.0,
+        seed: int = 0,
+    ) -> list[str]:
+        """Greedy continuations (temperature 0) of the contexts, each cut before the first of its stop strings.
+
+        Prompts longer than max_len - max_new_tokens lose tokens on the left. Batches are left-padded to a
+        power-of-two width and filled to batch_size rows, so decoding compiles once per width bucket, not once
+        per prompt length; stop strings are applied here, on the decoded text, so they do not enter the
+        compiled program either. The text of a continuation is decoded with its prompt and the prompt's text
+        removed, so a leading space survives. Row i samples with key fold_in(key(seed), i) (temperature > 0).
+        """
+        from gptx.sample import SamplingConfig, decode
+
+        tok = self._tok()
+        if not 0 < max_new_tokens < self.max_len:
+            raise ValueError(f"max_new_tokens={max_new_tokens} must be in [1, {self.max_len}) (the context)")
+        keep = self.max_len - max_new_tokens
+        prompts = [(self.prefix_ids + tok.encode(ctx))[-keep:] for ctx, _ in requests]
+        sampling = SamplingConfig(
+            max_new_tokens=max_new_tokens, temperature=temperature, eos_id=tok.eos_id, pad_id=self.pad_id
+        )
+        order = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i]), i))
+        out: list[str] = [""] * len(requests)
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            rows = chunk + [chunk[-1]] * (self.batch_size - len(chunk))  # filler rows repeat a real prompt
+            width = min(bucket_length(len(prompts[chunk[0]]), self.max_len), keep)
+            tokens = np.full((len(rows), width), self.pad_id, np.int32)
+            mask = np.zeros((len(rows), width), bool)
+            for r, i in enumerate(rows):
+                tokens[r, width - len(prompts[i]) :], mask[r, width - len(prompts[i]) :] = prompts[i], True
+            keys = _row_keys(seed, np.asarray(rows, np.int32))
+            self.forward_passes += 1
+            with _mesh_rules(self.mesh):
+                result = jax.device_get(decode(self.model, self.params, tokens, mask, keys, sampling))
+            for r, i in enumerate(chunk):
+                new = result.tokens[r, : int(result.mask[r].sum())].tolist()
+                out[i] = cut_at_stop(continuation_text(tok, prompts[i], new), requests[i][1])
+        return out
+
+
+def continuation_text(tokenizer: TextTokenizer, prompt: Sequence[int], new: Sequence[int]) -> str:
+    """Text of `new` tokens as they read after `prompt` (decoding them alone would drop a leading space)."""
+    head = tokenizer.decode(list(prompt))
+    whole = tokenizer.decode([*prompt, *new])
+    return whole[len(head) :] if whole.startswith(head) else tokenizer.decode(list(new))
+
+
+def cut_at_stop(text: str, until: Sequence[str]) -> str:
+    """text up to (not including) the earliest stop string."""
+    cut = min((i for i in (text.find(s) for s in until if s) if i >= 0), default=len(text))
+    return text[:cut]
+
+
+@jax.jit
+def _row_keys(seed: int, rows: jax.Array) -> jax.Array:
+    """fold_in(key(seed), i) for each request index i: a row's key does not depend on its batch."""
+    base = jax.random.key(seed)
+    return jax.vmap(lambda i: jax.random.fold_in(base, i))(rows)
+
+
+def _mesh_rules(mesh: Mesh | None):
+    return mesh_lib.activation_rules(mesh) if mesh is not None else contextlib.nullcontext()
+
+
+@functools.lru_cache(maxsize=16)
+def _make_scorer(model: Any, mesh: Mesh | None):
+    """jit(params, inputs [B, T], targets [B, T]) -> (log P(target) [B, T] f32, target is argmax [B, T] bool).
+
+    One per (model, mesh), shared by every LM over them, so a new LM does not recompile.
+    """
+
+    def score(params, inputs, targets):
+        logits = model.apply({"params": params}, inputs)  # [B, T, V] f32
+        logp = jax.nn.log_softmax(logits, axis=-1)
+        target_logp = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]  # [B, T]
+        return target_logp, jnp.argmax(logits, axis=-1) == targets
+
+    if mesh is None:
+        return jax.jit(score)
+    # Rows split over the data-parallel axes; results replicated so that every process can read them.
+    batch = mesh_lib.batch_sharding(mesh)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    jitted = jax.jit(score, out_shardings=(replicated, replicated))
+
+    def run(params, inputs, targets):
+        with mesh_lib.activation_rules(mesh):
+            return jitted(params, jax.device_put(inputs, batch), jax.device_put(targets, batch))
+
+    return run

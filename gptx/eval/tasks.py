@@ -1,0 +1,441 @@
+"""Evaluation tasks as declarative entries: a file, a reader, templates, delimiters and metrics.
+
+A document (doc) is a dict of fields; `context`, `target`, `gold` and the choice strings are Python format
+templates over those fields. A new task is one `Task(...)` entry in `TASKS`, no new code, as long as its file
+is read by one of `READERS` (JSON lines with any fields, the GLUE/SNLI/HellaSwag formats) and its fields need
+at most one of the named `PROCESSORS` (LAMBADA's last word, GSM8K's answer, HellaSwag's clean-up).
+
+Kinds, and the metrics each can report:
+  choice      one prompt, several choice strings scored by log-likelihood: acc, acc_norm, acc_uncond
+  completion  one target string: acc (every target token is the greedy one: LAMBADA's last-word accuracy and
+              the GPT-3 arithmetic/word tasks, as lm-evaluation-harness scores them), ppl (exp of minus the
+              mean target log-likelihood)
+  generate    greedy generation until a stop string, answer extraction, then exact_match (and `graded` when
+              a model grader is given)
+  perplexity  rolling log-likelihood of whole texts: bits_per_byte, word_perplexity, token_perplexity
+              (zero-shot only)
+
+Paths are relative to config.eval.data_dir (the shared data sets), or `bundled:NAME` for files shipped in
+gptx/assets. Demonstrations come from `fewshot` when a task has a training/validation file, else from the test
+file itself, never the test example (see gptx/eval/harness.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import importlib.resources
+import json
+import os
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from gptx.data import finetune_tasks as ft
+from gptx.data import loader, sources
+from gptx.data.sources import DataError
+from gptx.eval.metrics import Normalization
+
+CHOICE, COMPLETION, GENERATE, PERPLEXITY = "choice", "completion", "generate", "perplexity"
+KIND_METRICS = {
+    CHOICE: ("acc", "acc_norm", "acc_uncond"),
+    COMPLETION: ("acc", "ppl"),
+    GENERATE: ("exact_match", "graded"),
+    PERPLEXITY: ("bits_per_byte", "word_perplexity", "token_perplexity"),
+}
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One evaluation task. Templates are `str.format` strings over a doc's fields."""
+
+    name: str
+    kind: str
+    test: str  # file of the evaluated docs
+    reader: str  # key of READERS
+    fewshot: str | None = None  # file of demonstrations; None: the test file (minus the test example)
+    process: str | None = None  # key of PROCESSORS, applied to every doc after reading
+    fields: tuple[str, ...] = ()  # fields a JSON-lines record must have (others are malformed)
+    context: str = "{context}"  # the prompt of a doc
+    target: str = "{completion}"  # its answer: a demonstration's answer; the scored continuation (completion)
+    choices: tuple[str, ...] | str = ()  # choice templates, or the name of a field holding the list of choices
+    label: str = "label"  # field with the index of the gold choice
+    gold: str = ""  # reference answer of a generate task ("": the target)
+    description: str = ""  # put verbatim before the demonstrations (ends with its own delimiter)
+    target_delimiter: str = " "  # between a context and its answer
+    fewshot_delimiter: str = "\n\n"  # between demonstrations, and before the test context
+    answer_context: str = "Answer:"  # the neutral context of acc_uncond
+    metrics: tuple[str, ...] = ()  # () = all of the kind's metrics that apply (see KIND_METRICS)
+    until: tuple[str, ...] = ("\n\n",)  # stop strings of a generate task
+    max_new_tokens: int = 32
+    extract: str = ""  # regex of the answer inside a generation (group 1), e.g. GSM8K's "#### N"
+    extract_fallback: str = ""  # "last_number": when the regex misses, take the generation's last number
+    normalization: Normalization = Normalization()
+    note: str = ""  # provenance / how it differs from the published setup
+
+    def __post_init__(self):
+        if self.kind not in KIND_METRICS:
+            raise ValueError(f"task {self.name}: kind {self.kind!r} is not one of {', '.join(KIND_METRICS)}")
+        bad = [m for m in self.metrics if m not in KIND_METRICS[self.kind]]
+        if bad:
+            raise ValueError(f"task {self.name}: metrics {bad} do not apply to a {self.kind} task")
+        if self.reader not in READERS or (self.process and self.process not in PROCESSORS):
+            raise ValueError(f"task {self.name}: unknown reader {self.reader!r} or processor {self.process!r}")
+
+    # Rendering -----------------------------------------------------------------------------------------------
+
+    def render_context(self, doc: dict[str, Any]) -> str:
+        return self.context.format(**doc)
+
+    def choice_texts(self, doc: dict[str, Any]) -> list[str]:
+        if isinstance(self.choices, str):
+            return list(doc[self.choices])
+        return [c.format(**doc) for c in self.choices]
+
+    def answer(self, doc: dict[str, Any]) -> str:
+        """The correct answer as a demonstration shows it (after the target delimiter)."""
+        if self.kind == CHOICE:
+            return self.choice_texts(doc)[int(doc[self.label])]
+        return self.target.format(**doc)
+
+    def reference(self, doc: dict[str, Any]) -> str:
+        """What a generation is compared with."""
+        return (self.gold or self.target).format(**doc)
+
+    def demonstration(self, doc: dict[str, Any]) -> str:
+        """context + target delimiter + answer: one solved example in a few-shot prompt."""
+        return self.render_context(doc) + self.target_delimiter + self.answer(doc)
+
+    @property
+    def active_metrics(self) -> tuple[str, ...]:
+        if self.metrics:
+            return self.metrics
+        return tuple(m for m in KIND_METRICS[self.kind] if m != "graded")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Readers: path -> Docs (malformed records counted with their line numbers, never silently dropped)
+
+
+@dataclasses.dataclass
+class Docs:
+    path: str
+    docs: list[dict[str, Any]]
+    malformed: int = 0
+    malformed_lines: list[int] = dataclasses.field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = f" (lines {', '.join(map(str, self.malformed_lines[:20]))})" if self.malformed else ""
+        return f"{self.path}: {len(self.docs)} docs, {self.malformed} malformed{lines}"
+
+
+def read_jsonl(path: str, fields: Sequence[str] = ()) -> Docs:
+    """JSON lines (plain or .gz): one object per line with at least `fields` (string or list values)."""
+    out = Docs(path, [])
+    opener = gzip.open if path.endswith(".gz") else open
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"task file {path} not found (set config.eval.data_dir)")
+    with opener(path, "rt", encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                ok = isinstance(rec, dict) and all(isinstance(rec.get(k), str | list | int) for k in fields)
+            except ValueError:
+                ok = False
+            if ok:
+                out.docs.append(rec)
+            else:
+                out.malformed += 1
+                out.malformed_lines.append(line_no)
+    return out
+
+
+def _from_examples(result: ft.ReadResult) -> Docs:
+    """Docs of a GPT-1 fine-tuning reader: text_a, text_b, choices, label."""
+    docs = [dict(text_a=e.text_a, text_b=e.text_b, choices=list(e.choices), label=e.label) for e in result.examples]
+    return Docs(result.path, docs, result.malformed, list(result.malformed_lines))
+
+
+def read_corpus_val(path: str, fields: Sequence[str] = ()) -> Docs:
+    """The validation documents of a pretraining corpus (gptx.data.loader.split_train_val, 10%) as {"text"}."""
+    _, val = loader.split_train_val(sources.read_documents(path, "blank_line"), 0.1)
+    return Docs(path, [{"text": d} for d in val])
+
+
+def _speech_first_lines(docs: Sequence[str]) -> list[dict[str, str]]:
+    """{"name", "pre", "last"} of speeches ("NAME:\nfirst line ...") whose first line has >= 4 words and ends in a
+    word (trailing punctuation dropped)."""
+    out = []
+    for d in docs:
+        lines = d.split("\n")
+        m = re.match(r"^(.*\S)\s+([A-Za-z']+)[.,;:!?]*$", lines[1]) if len(lines) > 1 else None
+        if lines[0].endswith(":") and m and len(lines[1].split()) >= 4:
+            out.append({"name": lines[0][:-1], "pre": m.group(1), "last": m.group(2)})
+    return out
+
+
+def read_shakespeare_lastword(path: str, fields: Sequence[str] = ()) -> Docs:
+    """A LAMBADA-style multiple-choice task built from a Tiny Shakespeare-style corpus.
+
+    Each speech of the validation split whose first line has at least 4 words and ends in a word gives a doc:
+    context "NAME:\n<first line without its last word>", choices the true last word and 3 distinct last words
+    of first lines from the training split (seeded), gold at a seeded position. Distractors come from the
+    training split so that demonstrations (held-out lines with their answers) never show a distractor as an
+    answer. Speeches without such a first line are not task items (not malformed).
+    """
+    train, val = loader.split_train_val(sources.read_documents(path, "blank_line"), 0.1)
+    docs = _speech_first_lines(val)
+    distractors = sorted({u["last"] for u in _speech_first_lines(train)})
+    rng = np.random.default_rng(0)
+    for doc in docs:
+        picked = [doc["last"]]
+        for j in rng.permutation(len(distractors)):
+            if distractors[j].lower() not in {w.lower() for w in picked}:
+                picked.append(distractors[j])
+            if len(picked) == 4:
+                break
+        label = int(rng.integers(len(picked)))
+        choices = picked[1:]
+        choices.insert(label, doc["last"])
+        doc.update(choices=choices, label=label)
+    return Docs(path, docs)
+
+
+def _ft_reader(fn: Callable[[str], ft.ReadResult]) -> Callable[..., Docs]:
+    def read(path: str, fields: Sequence[str] = ()) -> Docs:
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"task file {path} not found (set config.eval.data_dir)")
+        return _from_examples(fn(path))
+
+    return read
+
+
+READERS: dict[str, Callable[..., Docs]] = {
+    "jsonl": read_jsonl,
+    "sst2": _ft_reader(ft.read_sst2),
+    "rte": _ft_reader(ft.read_rte),
+    "snli": _ft_reader(ft.read_snli),  # also MNLI: the same {"premise", "hypothesis", "label"} lines
+    "hellaswag": _ft_reader(ft.read_hellaswag),
+    "corpus_val": read_corpus_val,
+    "shakespeare_lastword": read_shakespeare_lastword,
+}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Processors: doc -> doc with the fields the templates use (None: malformed)
+
+
+def process_lambada(doc: dict[str, Any]) -> dict[str, Any] | None:
+    """LAMBADA: the passage without its last word is the context; " " + the last word is the target."""
+    text = doc["text"].strip()
+    cut = text.rfind(" ")
+    return {**doc, "context": text[:cut], "completion": text[cut:]} if cut > 0 else None
+
+
+GSM8K_ANSWER = r"#### (\-?[0-9\.\,]+)"
+
+
+def process_gsm8k(doc: dict[str, Any]) -> dict[str, Any] | None:
+    """GSM8K: `cot` is the worked solution without the calculator annotations <<48/2=24>>, ending in "#### N";
+    `gold` is N."""
+    m = re.search(GSM8K_ANSWER, doc["answer"])
+    if not m:
+        return None
+    return {**doc, "cot": re.sub(r"<<[^>]*>>", "", doc["answer"]), "gold": m.group(1)}
+
+
+def process_hellaswag(doc: dict[str, Any]) -> dict[str, Any]:
+    """lm-evaluation-harness's HellaSwag clean-up: WikiHow's " [title]" becomes ". ", other [tags] go."""
+
+    def clean(text: str) -> str:
+        text = text.strip().replace(" [title]", ". ")
+        return re.sub(r"\[.*?\]", "", text).replace("  ", " ")
+
+    return {**doc, "text_a": clean(doc["text_a"]), "choices": [clean(c) for c in doc["choices"]]}
+
+
+PROCESSORS: dict[str, Callable[[dict[str, Any]], dict[str, Any] | None]] = {
+    "lambada": process_lambada,
+    "gsm8k": process_gsm8k,
+    "hellaswag": process_hellaswag,
+}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def resolve(path: str, data_dir: str) -> str:
+    """A task path: `bundled:NAME` in gptx/assets, else relative to data_dir (itself relative to the repo root)."""
+    if path.startswith("bundled:"):
+        return str(importlib.resources.files("gptx") / "assets" / path.removeprefix("bundled:"))
+    root = data_dir if os.path.isabs(data_dir) else os.path.join(REPO, data_dir)
+    return os.path.normpath(os.path.join(root, path))
+
+
+def load_docs(task: Task, path: str, data_dir: str) -> Docs:
+    """Reads and processes the docs of one of a task's files; a doc the processor rejects is malformed."""
+    docs = READERS[task.reader](resolve(path, data_dir), task.fields)
+    kept = []
+    for i, d in enumerate(docs.docs):
+        p = PROCESSORS[task.process](d) if task.process else d
+        if p is None or not _renders(task, p):
+            docs.malformed += 1
+            docs.malformed_lines.append(i + 1)  # the record's number among the file's records
+        else:
+            kept.append(p)
+    docs.docs = kept
+    if not docs.docs:
+        raise DataError(f"{docs.path}: no usable records for task {task.name} ({docs.malformed} malformed)")
+    return docs
+
+
+def _renders(task: Task, doc: dict[str, Any]) -> bool:
+    """Whether the task's templates fill from the doc (fields present, gold index in range)."""
+    try:
+        if task.kind == PERPLEXITY:
+            task.render_context(doc)
+            return True
+        task.demonstration(doc)
+        if task.kind == CHOICE:
+            task.choice_texts(doc)
+        if task.kind == GENERATE:
+            task.reference(doc)
+    except (KeyError, IndexError, ValueError, TypeError):
+        return False
+    return True
+
+
+def get(name: str) -> Task:
+    if name not in TASKS:
+        raise DataError(f"unknown eval task {name!r}; tasks: {', '.join(sorted(TASKS))}")
+    return TASKS[name]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The registry
+
+_CLASSIFY = "\nQuestion: {text_b} True, False or Neither?\nAnswer:"
+
+GPT3_ARITHMETIC = (
+    "two_digit_addition", "two_digit_subtraction", "three_digit_addition", "three_digit_subtraction",
+    "four_digit_addition", "four_digit_subtraction", "five_digit_addition", "five_digit_subtraction",
+    "six_digit_addition", "six_digit_subtraction", "two_digit_multiplication", "single_digit_three_ops",
+    "sum_of_digits",
+)  # fmt: skip
+GPT3_WORD_SCRAMBLE = (
+    "cycle_letters_in_word", "mid_word_1_anagrams", "mid_word_2_anagrams", "random_insertion_in_word", "reversed_words"
+)  # fmt: skip
+
+
+def _gpt3_task(name: str, gz: bool) -> Task:
+    # The files' contexts start with their own newlines ("\n\nQ: What is 98 plus 45?\n\nA:", "\nskicts ="), so
+    # demonstrations are joined without a delimiter, which gives the paper's layout.
+    return Task(
+        name, COMPLETION, f"gpt3_tasks/{name}.jsonl" + (".gz" if gz else ""), "jsonl",
+        fields=("context", "completion"), target_delimiter="", fewshot_delimiter="", metrics=("acc",),
+        note="GPT-3 paper's own set; demonstrations from the same file, never the test example",
+    )  # fmt: skip
+
+
+TASKS: dict[str, Task] = {
+    "lambada": Task(
+        "lambada",
+        COMPLETION,
+        "lambada/lambada_test.jsonl",
+        "jsonl",
+        process="lambada",
+        fields=("text",),
+        target_delimiter="",
+        note="OpenAI's LAMBADA test file (lm-evaluation-harness lambada_openai)",
+    ),
+    "hellaswag": Task(
+        "hellaswag",
+        CHOICE,
+        "hellaswag/hellaswag_val_full.txt.bz2",
+        "hellaswag",
+        process="hellaswag",
+        context="{text_a}",
+        choices="choices",
+        metrics=("acc", "acc_norm"),
+        note="validation set; demonstrations from the validation set, never the test example",
+    ),
+    "sst2": Task(
+        "sst2",
+        CHOICE,
+        "sst2/dev.tsv",
+        "sst2",
+        fewshot="sst2/train.tsv",
+        context="{text_a}\nQuestion: Is this sentence positive or negative?\nAnswer:",
+        choices=("negative", "positive"),
+    ),
+    "rte": Task(
+        "rte",
+        CHOICE,
+        "rte/dev.tsv",
+        "rte",
+        fewshot="rte/train.tsv",
+        context="{text_a}\nQuestion: {text_b} True or False?\nAnswer:",
+        choices=("True", "False"),
+    ),
+    "snli": Task(
+        "snli",
+        CHOICE,
+        "nli/snli_dev.jsonl",
+        "snli",
+        context="{text_a}" + _CLASSIFY,
+        choices=("True", "Neither", "False"),  # label order: entailment, neutral, contradiction
+    ),
+    "mnli": Task(
+        "mnli",
+        CHOICE,
+        "nli/mnli_dev.jsonl",
+        "snli",
+        context="{text_a}" + _CLASSIFY,
+        choices=("True", "Neither", "False"),
+    ),
+    "gsm8k": Task(
+        "gsm8k",
+        GENERATE,
+        "gsm8k/test.jsonl",
+        "jsonl",
+        fewshot="gsm8k/train.jsonl",
+        process="gsm8k",
+        fields=("question", "answer"),
+        context="Question: {question}\nAnswer:",
+        target="{cot}",
+        gold="{gold}",
+        until=("Question:", "\n\n"),
+        max_new_tokens=256,
+        extract=GSM8K_ANSWER,
+        extract_fallback="last_number",
+        normalization=Normalization(regexes_to_ignore=(",", r"\$", r"\.$")),
+        note="chain of thought: demonstrations are worked training solutions ending in '#### N'",
+    ),
+    "tinyshakespeare": Task(
+        "tinyshakespeare",
+        PERPLEXITY,
+        "bundled:tinyshakespeare.txt",
+        "corpus_val",
+        context="{text}",
+        note="the validation split of the bundled corpus (the demo's held-out 10%)",
+    ),
+    "shakespeare_lastword": Task(
+        "shakespeare_lastword",
+        CHOICE,
+        "bundled:tinyshakespeare.txt",
+        "shakespeare_lastword",
+        context="{name}:\n{pre}",
+        choices="choices",
+        fewshot_delimiter="\n",
+        metrics=("acc", "acc_norm"),
+        note="the last word of a held-out speech's first line among 4 (3 from training lines); chance 25%",
+    ),
+    **{n: _gpt3_task(n, gz=False) for n in GPT3_ARITHMETIC},
+    **{n: _gpt3_task(n, gz=True) for n in GPT3_WORD_SCRAMBLE},
+}
