@@ -1,11 +1,23 @@
-"""A scaling sweep of tiny GPT-2s on the bundled Tiny Shakespeare: fit L(C) on the small runs, predict the largest.
+"""A scaling sweep of tiny GPT-2s: fit L(C) on the small runs, predict the largest before it trains.
 
 Usage:
-  python -m gptx.main scaling sweep --config=configs/scaling.py --workdir=/tmp/gptx_scaling
+  python -m gptx.main prepare --config=configs/data.py --workdir=/tmp/gptx_data \
+      --config.data_prep.mix.total_bytes=1000000000 --config.data_prep.mix.max_epochs=1   # every document once
+  python -m gptx.main scaling sweep --config=configs/scaling.py --workdir=/tmp/gptx_scaling \
+      --config.data.corpus=/tmp/gptx_data
   (actions: sweep | fit | predict; the sweep predicts its held-out largest run before training it)
 
-`arg` picks a preset: "" (5 sizes, d_model 16..48, n_layer 1..3, 10 tokens per parameter: ~100x in compute) or "tiny"
-(2 runs of a few steps, for tests).
+`arg` picks a preset:
+  ""      6 sizes, d_model 24..56, n_layer 1..3, 20 tokens per parameter (Chinchilla), >= 400 steps each: ~50x in
+          compute, the largest run 2.9M tokens. Its default corpus, the bundled Tiny Shakespeare (~0.3M tokens),
+          would be repeated ~10 times by the largest run: train on a prepared corpus as above.
+  "grid"  Chinchilla's L(N, D): 4 sizes x 4 token budgets (5 to 40 tokens per parameter), law="chinchilla".
+  "tiny"  2 runs of a few steps, for tests.
+
+Why these settings (tests/benchmarks/scaling_prediction.py): a run of ~100 steps is still in the early transient
+of training (its loss sits far above the line the longer runs follow), and with 4-5 points a transient at the small
+end bends the whole fit of L(C) = a C^b + c. Every run therefore trains for at least `min_steps` steps, with the
+same warmup and a cosine schedule that ends at the run's last step, and the eval loss averages 32 fixed batches.
 """
 
 from gptx import config as gptx_config
@@ -32,25 +44,29 @@ def get_config(arg: str = ""):
         lr=3e-3,
         warmup_steps=20,
         log_every=10,
-        eval_batches=16,
+        eval_batches=32,
         weight_decay=0.1,
         progress=False,
     )
     c.mesh.update(data=-1, fsdp=1, tensor=1)
     c.scaling.update(
-        n_sizes=5,
-        d_model_min=16,
-        d_model_max=48,
+        n_sizes=6,
+        d_model_min=24,
+        d_model_max=56,
         n_layer_min=1,
         n_layer_max=3,
         head_dim=8,
-        tokens_per_param=10.0,
+        tokens_per_param=20.0,
+        min_steps=400,
         holdout=1,
         law="compute",
     )
-    if arg == "tiny":
+    if arg == "grid":
+        # Each size at 5..40 tokens per parameter: runs that differ in D at fixed N separate B/D^beta from A/N^alpha.
+        c.scaling.update(n_sizes=4, tokens_per_param_grid=(5.0, 10.0, 20.0, 40.0), min_steps=100, law="chinchilla")
+    elif arg == "tiny":
         c.scaling.update(n_sizes=2, d_model_min=8, d_model_max=16, n_layer_max=1, tokens_per_param=1e-3)
         c.scaling.update(min_steps=4, holdout=0, bootstrap=20)
     elif arg:
-        raise ValueError(f"configs/scaling.py: unknown preset {arg!r} (use '' or 'tiny')")
+        raise ValueError(f"configs/scaling.py: unknown preset {arg!r} (use '', 'grid' or 'tiny')")
     return c

@@ -141,3 +141,76 @@ def test_bad_scaling_config_names_the_key():
         scaling.validate_scaling(cfg.scaling)
     with pytest.raises(ConfigError, match="unknown scaling action"):
         scaling.run_command(load_config("scaling"), "/tmp/unused", "train")
+
+
+def test_grid_schedule_trains_every_size_at_every_token_budget():
+    """tokens_per_param_grid: one run per (size, ratio), each with ~ratio x parameters tokens (Chinchilla's grid)."""
+    cfg = load_config("scaling", "grid")
+    ratios = cfg.scaling.tokens_per_param_grid
+    runs = [(name, scaling.run_size(c)) for name, c in scaling.schedule(cfg)]
+    assert len(runs) == cfg.scaling.n_sizes * len(ratios)
+    by_size: dict[int, list[float]] = {}
+    for _, size in runs:
+        by_size.setdefault(size["n_params"], []).append(size["tokens"] / size["n_params"])
+    assert len(by_size) == cfg.scaling.n_sizes
+    per_step = cfg.train.batch_size * cfg.model.block_size
+    for n_params, got in by_size.items():
+        # steps are rounded up to whole batches, so each run gets at most one batch more than ratio x N
+        assert all(0 <= g - r < per_step / n_params + 1e-9 for g, r in zip(sorted(got), ratios, strict=True))
+    computes = [size["compute"] for _, size in runs]
+    assert computes == sorted(computes)
+
+
+def test_compute_budget_schedule_gives_every_run_the_same_flops():
+    cfg = load_config("scaling")
+    cfg.scaling.update(tokens_per_param=0.0, compute_budget=3e11, min_steps=1)
+    for _, run_cfg in scaling.schedule(cfg):
+        size = scaling.run_size(run_cfg)
+        one_step = size["flops_per_token"] * cfg.train.batch_size * cfg.model.block_size
+        assert 0 <= size["compute"] - 3e11 < one_step
+
+
+def test_fit_of_a_grid_sweep_recovers_chinchilla_law(tmp_path):
+    """`scaling fit` with law=chinchilla on a grid sweep whose losses follow a known L(N, D) (0.1% noise)."""
+    cfg = load_config("scaling", "grid")
+    cfg.scaling.bootstrap = 16
+    truth = scaling.ChinchillaLaw(E=1.8, A=60.0, B=400.0, alpha=0.35, beta=0.45)
+    rows = [{"name": name, **scaling.run_size(c)} for name, c in scaling.schedule(cfg)]
+    loss = _noisy(truth(*np.array([(r["n_params"], r["tokens"]) for r in rows]).T), 0.001, 3)
+    with open(tmp_path / scaling.RESULTS, "w") as f:
+        for row, value in zip(rows, loss, strict=True):
+            f.write(json.dumps({**row, "loss": float(value)}) + "\n")
+    out = scaling.run_command(cfg, str(tmp_path), "fit")
+    assert out["law"] == "chinchilla" and out["points"] == len(rows)
+    got = out["params"]
+    assert got["alpha"] == pytest.approx(truth.alpha, abs=0.05)
+    assert got["beta"] == pytest.approx(truth.beta, abs=0.05)
+    assert got["E"] == pytest.approx(truth.E, rel=0.05)
+    assert json.loads((tmp_path / "fit.json").read_text())["params"] == got
+
+
+@pytest.mark.slow
+def test_grid_sweep_trains_and_fits_chinchilla(tmp_path):
+    """A real 2 sizes x 3 budgets sweep through the training loop, then `scaling fit` with law=chinchilla."""
+    cfg = load_config("scaling", "tiny")
+    cfg.scaling.update(tokens_per_param_grid=(0.5, 1.0, 2.0), n_sizes=2, min_steps=2, law="chinchilla", bootstrap=8)
+    results = scaling.sweep(cfg, str(tmp_path))
+    assert len(results) == 6
+    assert len({(r["n_params"], r["tokens"]) for r in results.values()}) == 6
+    out = scaling.run_command(cfg, str(tmp_path), "fit")
+    assert out["points"] == 6 and all(np.isfinite(v) for v in out["params"].values())
+
+
+def test_bad_token_grid_names_the_key():
+    cfg = load_config("scaling", "grid")
+    cfg.scaling.tokens_per_param_grid = (10.0, -1.0)
+    with pytest.raises(ConfigError, match="config.scaling.tokens_per_param_grid"):
+        scaling.schedule(cfg)
+
+
+def test_bootstrap_starts_from_a_fit_whose_constant_underflowed():
+    """A fit that switches a term off (E or c = exp(-800) = 0.0) still bootstraps instead of failing on log(0)."""
+    c = np.geomspace(1e12, 1e16, 8)
+    loss = 55.0 * c**-0.12
+    boots = scaling.bootstrap_compute_law(c, loss, scaling.ComputeLaw(a=55.0, b=-0.12, c=0.0), resamples=16)
+    assert len(boots) == 16 and all(b(1e17) == pytest.approx(55.0 * 1e17**-0.12, rel=0.01) for b in boots)

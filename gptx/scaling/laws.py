@@ -228,6 +228,11 @@ def fit_chinchilla(
 # ---------------------------------------------------------------------------------------------- bootstrap
 
 
+def _log(x: float) -> float:
+    """log of a fitted coefficient; one that underflowed to 0 (a term the fit switched off) starts at log(tiny)."""
+    return math.log(max(x, np.finfo(np.float64).tiny))
+
+
 def bootstrap_weights(n: int, resamples: int, seed: int) -> np.ndarray:
     """[resamples, n] multiplicities of n points drawn with replacement by a seeded numpy generator."""
     idx = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
@@ -247,7 +252,7 @@ def bootstrap_compute_law(
 ) -> list[ComputeLaw]:
     """Refits of L(C) on resampled points, each started from `fit` (deterministic for a seed)."""
     compute, loss = _check_points(compute, loss, minimum=3)
-    start = np.array([math.log(fit.a), math.log(fit.c), -fit.b])
+    start = np.array([_log(fit.a), _log(fit.c), -fit.b])
     w = bootstrap_weights(len(loss), resamples, seed)
     raw = _refit_weighted(np.log(compute)[:, None], np.log(loss), start, w, delta, max_iter)
     return [ComputeLaw.from_raw(p) for p in raw if np.all(np.isfinite(p))]
@@ -258,7 +263,7 @@ def bootstrap_chinchilla(
 ) -> list[ChinchillaLaw]:
     """Refits of L(N, D) on resampled points, each started from `fit`, as the replication's bootstrap."""
     n, d, loss = _check_points(n, d, loss, minimum=5)
-    start = np.array([math.log(fit.A), math.log(fit.B), math.log(fit.E), fit.alpha, fit.beta])
+    start = np.array([_log(fit.A), _log(fit.B), _log(fit.E), fit.alpha, fit.beta])
     w = bootstrap_weights(len(loss), resamples, seed)
     raw = _refit_weighted(np.stack([np.log(n), np.log(d)], axis=1), np.log(loss), start, w, delta, max_iter)
     return [ChinchillaLaw.from_raw(p) for p in raw if np.all(np.isfinite(p))]

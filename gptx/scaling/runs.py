@@ -49,8 +49,12 @@ def validate_scaling(s: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"config.scaling.{key}={s[key]} must be positive")
     if s.d_model_min < s.head_dim or s.d_model_max < s.d_model_min or s.n_layer_max < s.n_layer_min:
         raise ConfigError("config.scaling.d_model_min/max and n_layer_min/max must be ordered, d_model >= head_dim")
-    if s.tokens_per_param <= 0 and s.compute_budget <= 0:
+    if s.tokens_per_param <= 0 and s.compute_budget <= 0 and not s.tokens_per_param_grid:
         raise ConfigError("config.scaling.tokens_per_param or config.scaling.compute_budget must be positive")
+    if any(not isinstance(r, (int, float)) or r <= 0 for r in s.tokens_per_param_grid):
+        raise ConfigError(
+            f"config.scaling.tokens_per_param_grid={tuple(s.tokens_per_param_grid)} must hold positive ratios"
+        )
     if not 0 <= s.holdout < s.n_sizes or s.smooth_evals <= 0 or not 0 < s.ci < 1:
         raise ConfigError("config.scaling.holdout must be in [0, n_sizes), smooth_evals > 0 and ci in (0, 1)")
 
@@ -72,34 +76,56 @@ def run_size(cfg: ml_collections.ConfigDict) -> dict:
     return {"n_params": n_params, "flops_per_token": fpt, "tokens": tokens, "compute": fpt * tokens}
 
 
+def _size_config(cfg: ml_collections.ConfigDict, i: int) -> ml_collections.ConfigDict:
+    """Run config of the i-th size: d_model and n_layer geometric between their min and max."""
+    s = cfg.scaling
+    t = i / max(s.n_sizes - 1, 1)
+    d = max(s.head_dim, round(s.d_model_min * (s.d_model_max / s.d_model_min) ** t / s.head_dim) * s.head_dim)
+    layers = max(1, round(s.n_layer_min * (s.n_layer_max / s.n_layer_min) ** t))
+    c = ml_collections.ConfigDict(cfg.to_dict())
+    c.model.update(name=f"{cfg.model.name}-d{d}-l{layers}", d_model=d, n_layer=layers, n_head=d // s.head_dim)
+    c.model.update(d_head=0, d_ff=0)
+    c.train.steps = 1
+    return c
+
+
+def _with_steps(c: ml_collections.ConfigDict, steps: int, warmup: int) -> ml_collections.ConfigDict:
+    """A copy of c training `steps` steps; the cosine schedule ends at the run's own last step."""
+    c = ml_collections.ConfigDict(c.to_dict())
+    c.train.update(
+        steps=steps,
+        decay_steps=0,
+        warmup_steps=min(warmup, steps // 5),
+        eval_every=max(1, steps // 10),
+        log_every=min(c.train.log_every, steps),
+        ckpt_every=max(1, steps // 2),
+    )
+    return c
+
+
 def schedule(cfg: ml_collections.ConfigDict) -> list[tuple[str, ml_collections.ConfigDict]]:
-    """(name, run config) of every sweep run, by increasing compute: geometric d_model and n_layer."""
+    """(name, run config) of every sweep run, by increasing compute.
+
+    Sizes: geometric d_model and n_layer. Tokens per size: tokens_per_param x parameters, or the compute budget;
+    with tokens_per_param_grid, one run per (size, ratio), the N x D grid Chinchilla's L(N, D) is fitted on.
+    """
     s = cfg.scaling
     validate_scaling(s)
     runs = []
     for i in range(s.n_sizes):
-        t = i / max(s.n_sizes - 1, 1)
-        d = max(s.head_dim, round(s.d_model_min * (s.d_model_max / s.d_model_min) ** t / s.head_dim) * s.head_dim)
-        layers = max(1, round(s.n_layer_min * (s.n_layer_max / s.n_layer_min) ** t))
-        c = ml_collections.ConfigDict(cfg.to_dict())
-        c.model.update(name=f"{cfg.model.name}-d{d}-l{layers}", d_model=d, n_layer=layers, n_head=d // s.head_dim)
-        c.model.update(d_head=0, d_ff=0)
-        c.train.steps = 1
-        size = run_size(c)
-        per_step = size["tokens"]
-        tokens = s.tokens_per_param * size["n_params"] if s.tokens_per_param > 0 else s.compute_budget / size["compute"]
-        steps = max(s.min_steps, math.ceil(tokens / per_step))
-        c.train.update(
-            steps=steps,
-            decay_steps=0,
-            warmup_steps=min(cfg.train.warmup_steps, steps // 5),
-            eval_every=max(1, steps // 10),
-            log_every=min(cfg.train.log_every, steps),
-            ckpt_every=max(1, steps // 2),
-        )
-        name = f"d{d}-l{layers}-s{steps}"
-        if all(name != r[0] for r in runs):  # rounding can repeat a size
-            runs.append((name, c))
+        c = _size_config(cfg, i)
+        size = run_size(c)  # per step: c.train.steps = 1
+        if s.tokens_per_param_grid:
+            budgets = [r * size["n_params"] for r in s.tokens_per_param_grid]
+        elif s.tokens_per_param > 0:
+            budgets = [s.tokens_per_param * size["n_params"]]
+        else:
+            budgets = [s.compute_budget / size["flops_per_token"]]
+        for tokens in budgets:
+            steps = max(s.min_steps, math.ceil(tokens / size["tokens"]))
+            name = f"d{c.model.d_model}-l{c.model.n_layer}-s{steps}"
+            if all(name != r[0] for r in runs):  # rounding (or min_steps) can repeat a run
+                runs.append((name, _with_steps(c, steps, cfg.train.warmup_steps)))
     return sorted(runs, key=lambda r: run_size(r[1])["compute"])
 
 
