@@ -8,8 +8,8 @@ Usage:
   (actions: sweep | fit | predict; the sweep predicts its held-out largest run before training it)
 
 `arg` picks a preset:
-  ""      6 sizes, d_model 24..56, n_layer 1..3, 20 tokens per parameter (Chinchilla), >= 400 steps each: ~50x in
-          compute, the largest run 2.9M tokens. Its default corpus, the bundled Tiny Shakespeare (~0.3M tokens),
+  ""      6 widths, d_model 16..64 at a fixed 2 layers, 20 tokens per parameter (Chinchilla), >= 400 steps each:
+          ~50x in compute, the largest run 2.7M tokens. Its default corpus, the bundled Tiny Shakespeare (~0.3M tokens),
           would be repeated ~10 times by the largest run: train on a prepared corpus as above.
   "grid"  Chinchilla's L(N, D): 4 sizes x 4 token budgets (5 to 40 tokens per parameter), law="chinchilla".
   "tiny"  2 runs of a few steps, for tests.
@@ -18,6 +18,9 @@ Why these settings (tests/benchmarks/scaling_prediction.py): a run of ~100 steps
 of training (its loss sits far above the line the longer runs follow), and with 4-5 points a transient at the small
 end bends the whole fit of L(C) = a C^b + c. Every run therefore trains for at least `min_steps` steps, with the
 same warmup and a cosine schedule that ends at the run's last step, and the eval loss averages 32 fixed batches.
+Depth is fixed and only width scales: a ladder that also adds layers (1, 1, 2, 2, 2, 3) makes its largest run the
+only 3-layer model, which beats the width-only trend of the runs it is predicted from, so the fit mixes two scaling
+axes and over-predicts the largest run's loss.
 """
 
 from gptx import config as gptx_config
@@ -50,11 +53,11 @@ def get_config(arg: str = ""):
     )
     c.mesh.update(data=-1, fsdp=1, tensor=1)
     c.scaling.update(
-        n_sizes=6,
-        d_model_min=24,
-        d_model_max=56,
-        n_layer_min=1,
-        n_layer_max=3,
+        n_sizes=7,  # d_model 16, 24, 32, 40, 48, 64: two of the seven geometric widths round to the same multiple of 8
+        d_model_min=16,
+        d_model_max=64,
+        n_layer_min=2,  # one scaling axis (width): see the docstring
+        n_layer_max=2,
         head_dim=8,
         tokens_per_param=20.0,
         min_steps=400,
@@ -63,9 +66,11 @@ def get_config(arg: str = ""):
     )
     if arg == "grid":
         # Each size at 5..40 tokens per parameter: runs that differ in D at fixed N separate B/D^beta from A/N^alpha.
-        c.scaling.update(n_sizes=4, tokens_per_param_grid=(5.0, 10.0, 20.0, 40.0), min_steps=100, law="chinchilla")
+        # d_model from 24: a narrower model at 5 tokens per parameter would train for fewer than min_steps steps.
+        c.scaling.update(n_sizes=4, d_model_min=24, d_model_max=56)
+        c.scaling.update(tokens_per_param_grid=(5.0, 10.0, 20.0, 40.0), min_steps=100, law="chinchilla")
     elif arg == "tiny":
-        c.scaling.update(n_sizes=2, d_model_min=8, d_model_max=16, n_layer_max=1, tokens_per_param=1e-3)
+        c.scaling.update(n_sizes=2, d_model_min=8, d_model_max=16, n_layer_min=1, n_layer_max=1, tokens_per_param=1e-3)
         c.scaling.update(min_steps=4, holdout=0, bootstrap=20)
     elif arg:
         raise ValueError(f"configs/scaling.py: unknown preset {arg!r} (use '', 'grid' or 'tiny')")

@@ -1,12 +1,13 @@
 """Benchmark: GPT-4 style predictable scaling on a CPU.
 
 Prepares the GPT-3-style mix of ../shared/data (configs/data.py, every kept document once, so no run repeats
-data), trains the sweep of configs/scaling.py on it (6 tiny GPT-2s, ~50x apart in compute, 20 tokens per
-parameter), fits L(C) = a C^b + c on all but the largest run, predicts the largest before training it, trains it,
-and prints one JSON line with the predicted and measured losses and the relative error (goal: within 3%).
-Resumable: rerunning with the same --workdir skips finished runs. About 20 minutes on 2 shared CPU cores.
+data), trains the sweep of configs/scaling.py on it (6 tiny 2-layer GPT-2s of growing width, ~50x apart in
+compute, 20 tokens per parameter), fits L(C) = a C^b + c on all but the largest run, predicts the largest before
+training it, trains it, and prints one JSON line with the predicted and measured losses and the relative error
+(goal: within 3%). Resumable: rerunning with the same --workdir skips finished runs. About 20 minutes on 2 shared
+CPU cores.
 
-  python tests/benchmarks/scaling_prediction.py [--workdir=/tmp/gptx_scaling_bench2] [--data=PREPARED_DIR]
+  python tests/benchmarks/scaling_prediction.py [--workdir=/tmp/gptx_scaling_bench3] [--data=PREPARED_DIR]
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def prepare_corpus(data_dir: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", default="/tmp/gptx_scaling_bench2")
+    parser.add_argument("--workdir", default="/tmp/gptx_scaling_bench3")
     parser.add_argument("--data", default="", help="prepared corpus directory (default: WORKDIR/data)")
     args = parser.parse_args()
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
