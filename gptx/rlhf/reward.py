@@ -1,0 +1,424 @@
+"""The reward model (InstructGPT, Sec. 3.5): the `rm` command.
+
+The SFT model with its unembedding replaced by a scalar head; r(x, y) is the head's output at the last real
+token of prompt + response. Labelers rank K responses to a prompt; the paper trains on all C(K, 2) comparisons
+of a prompt as ONE batch element,
+
+    loss(θ) = -1/C(K, 2) · Σ_{(y_w, y_l)} log σ(r(x, y_w) - r(x, y_l)),
+
+because the comparisons of a prompt are strongly correlated: shuffled into separate elements they make the model
+overfit within one epoch, while one element per prompt needs a single forward pass per response (K passes
+instead of K(K-1)) and does not overfit. Each element holds the K responses [K, T] and the winner/loser indices
+of its pairs; responses that tie give no pair (the normaliser counts the pairs present).
+
+After training, a gain and bias make the scores of reference samples (SFT samples on training prompts) have
+mean 0 and standard deviation 1, as lm-human-preferences and InstructGPT do, so that the KL coefficient of PPO
+means the same thing for any RM. Reported: pairwise accuracy on held-out comparisons.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from flax import linen as nn
+from jax.sharding import Mesh
+
+from gptx import config as config_lib
+from gptx import flops as flops_lib
+from gptx import mesh as mesh_lib
+from gptx.config import ConfigError
+from gptx.data import tokenizer as tokenizer_lib
+from gptx.models import GPT, GPTConfig
+from gptx.models.heads import ClassifierHead
+from gptx.rlhf import common, data, labeler, sft
+from gptx.train import finetune, loop
+from gptx.train.state import TrainState, lr_schedule, make_optimizer
+
+RESULTS = "rm_results.json"
+NORM = "reward_norm.json"
+COMPARISONS = "comparisons.jsonl"
+
+
+class RewardModel(nn.Module):
+    """GPT trunk (params under `gpt`) and a scalar head (`head`): tokens [B, T] -> one scalar per position [B, T]
+    (float32). The reward is the value at the last real token; PPO's value model is the same network read at
+    every response position."""
+
+    cfg: GPTConfig
+
+    @nn.compact
+    def __call__(self, tokens, positions=None, segment_ids=None, *, deterministic: bool = True) -> jax.Array:
+        h = GPT(self.cfg, name="gpt")(
+            tokens, positions, segment_ids, deterministic=deterministic, return_hidden=True
+        )  # [B, T, D]
+        head = ClassifierHead(
+            1,
+            dropout=0.0,
+            init_std=1.0 / math.sqrt(self.cfg.d_model + 1),  # lm-human-preferences' reward head init
+            dtype=self.cfg.dtype,
+            param_dtype=self.cfg.param_dtype,
+            name="head",
+        )
+        return head(h, deterministic=deterministic)[..., 0]
+
+
+def sequence_scores(model: RewardModel, params, tokens: jax.Array, mask: jax.Array, deterministic=True, rng=None):
+    """r(x, y) [B] of sequences [B, T] whose real tokens are `mask` (any padding side), read at the last one."""
+    mask = mask.astype(bool)
+    per_token = model.apply(
+        {"params": params},
+        tokens,
+        common.positions_from_mask(mask),
+        mask.astype(jnp.int32),
+        deterministic=deterministic,
+        rngs=None if deterministic else {"dropout": rng},
+    )
+    return common.gather_last(per_token, mask)
+
+
+def comparison_scores(model: RewardModel, params, batch, deterministic=True, rng=None) -> jax.Array:
+    """Scores [B, K] of the K responses of each batch element (tokens [B, K, T])."""
+    b, k, t = batch["tokens"].shape
+    flat = sequence_scores(
+        model,
+        params,
+        batch["tokens"].reshape(b * k, t),
+        batch["segment_ids"].reshape(b * k, t) > 0,
+        deterministic,
+        rng,
+    )
+    return flat.reshape(b, k)
+
+
+def pairwise_loss(scores: jax.Array, batch) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+    """(sum over elements of -1/C · Σ log σ(r_w - r_l), number of elements, metrics) for scores [B, K].
+
+    An element's loss averages over its own pairs; elements without pairs or with weight 0 count for nothing.
+    """
+    r_w = jnp.take_along_axis(scores, batch["pair_w"], axis=1)  # [B, C]
+    r_l = jnp.take_along_axis(scores, batch["pair_l"], axis=1)
+    mask = batch["pair_mask"]
+    n_pairs = jnp.sum(mask, axis=1)
+    per_element = -jnp.sum(jax.nn.log_sigmoid(r_w - r_l) * mask, axis=1) / jnp.maximum(n_pairs, 1.0)
+    w = batch["weight"][:, 0] * (n_pairs > 0)
+    pair_w = mask * w[:, None]
+    metrics = {
+        "accuracy": jnp.sum((r_w > r_l) * pair_w) / jnp.maximum(jnp.sum(pair_w), 1.0),
+        "reward_gap": jnp.sum((r_w - r_l) * pair_w) / jnp.maximum(jnp.sum(pair_w), 1.0),
+    }
+    return jnp.sum(per_element * w), jnp.sum(w), metrics
+
+
+def make_train_step(model: RewardModel, lr_fn=None, dropout: bool = True):
+    """Pure `(state, batch, rng) -> (state, metrics)`: one AdamW step on the K-choose-2 loss."""
+
+    def loss_fn(params, batch, rng):
+        scores = comparison_scores(model, params, batch, deterministic=not dropout, rng=rng)
+        total, n, metrics = pairwise_loss(scores, batch)
+        return total / jnp.maximum(n, 1.0), metrics
+
+    def step(state: TrainState, batch, rng):
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng)
+        metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads)}
+        if lr_fn is not None:
+            metrics["lr"] = lr_fn(state.step)
+        return state.apply_gradients(grads=grads), metrics
+
+    return step
+
+
+def make_eval_step(model: RewardModel):
+    """`(params, batch) -> (loss sum, elements)` for the loop's eval_loss."""
+
+    def step(params, batch):
+        total, n, _ = pairwise_loss(comparison_scores(model, params, batch), batch)
+        return total, n
+
+    return step
+
+
+def make_init_fn(model: RewardModel, tx, seq_len: int, sft_params: Any | None):
+    """rng -> TrainState; the trunk from the SFT model when given (its unembedding is simply unused)."""
+
+    def init_fn(rng: jax.Array) -> TrainState:
+        init_rng, grow_rng = jax.random.split(rng)
+        params = model.init(init_rng, jnp.zeros((1, seq_len), jnp.int32))["params"]
+        if sft_params is not None:
+            trunk = finetune.merge_pretrained(params["gpt"], sft_params, grow_rng, model.cfg.init_std)
+            params = {**params, "gpt": trunk}
+        return TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+
+    return init_fn
+
+
+def normalisation(raw_scores: np.ndarray) -> dict[str, float]:
+    """Gain and bias with gain·r + bias of mean 0 and std 1 over the reference samples' raw scores."""
+    mean, std = float(np.mean(raw_scores)), float(np.std(raw_scores))
+    gain = 1.0 / max(std, 1e-8)
+    return {"gain": gain, "bias": -mean * gain, "mean": mean, "std": std, "samples": int(len(raw_scores))}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# A trained reward model, as later stages use it
+
+
+@dataclasses.dataclass
+class LoadedReward:
+    model: RewardModel
+    params: Any
+    gain: float
+    bias: float
+
+    def raw_scores(self, tokens: np.ndarray, mask: np.ndarray, mesh: Mesh, batch_size: int) -> np.ndarray:
+        """r(x, y) of [N, T] host sequences, in batches of `batch_size` rows (the last one padded)."""
+        score = jax.jit(lambda p, t, m: sequence_scores(self.model, p, t, m))
+        out = []
+        for start in range(0, len(tokens), batch_size):
+            t, m = tokens[start : start + batch_size], mask[start : start + batch_size]
+            pad = batch_size - len(t)
+            t, m = np.concatenate([t, t[:1].repeat(pad, 0)]), np.concatenate([m, m[:1].repeat(pad, 0)])
+            dev = common.put_rows(mesh, {"t": t, "m": m})
+            out.append(common.to_host(score(self.params, dev["t"], dev["m"]))[: batch_size - pad])
+        return np.concatenate(out)
+
+    def score_texts(self, policy: GPT, policy_params, tok, prompts, cfg, mesh: Mesh) -> np.ndarray:
+        """Normalised scores of one sample of `policy` per prompt."""
+        r = cfg.rlhf
+        ids, _ = common.sample_responses(
+            policy,
+            policy_params,
+            tok,
+            prompts,
+            max_prompt_len=r.max_prompt_len,
+            max_response_len=r.max_response_len,
+            temperature=r.temperature,
+            seed=r.seed,
+            batch_size=r.rollout_batch,
+            mesh=mesh,
+        )
+        tokens, mask = pack_sequences(tok, prompts, ids, r.max_prompt_len + r.max_response_len, r.max_prompt_len)
+        return self.gain * self.raw_scores(tokens, mask, mesh, r.rollout_batch) + self.bias
+
+
+def pack_sequences(tok, prompts, response_ids, length: int, max_prompt_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-padded [N, length] prompt + response token arrays and masks."""
+    tokens = np.full((len(prompts), length), tok.pad_id, np.int32)
+    mask = np.zeros((len(prompts), length), bool)
+    for i, (p, ids) in enumerate(zip(prompts, response_ids, strict=True)):
+        seq = (data.encode_prompt(tok, p, max_prompt_len) + list(ids))[:length]
+        tokens[i, : len(seq)], mask[i, : len(seq)] = seq, True
+    return tokens, mask
+
+
+def load_reward(workdir: str, cfg: ml_collections.ConfigDict, mesh: Mesh) -> LoadedReward:
+    """The reward model of an `rm` run: params (sharded on `mesh`) and its normalisation."""
+    model = RewardModel(GPTConfig.from_config(cfg.model))
+    norm_path = os.path.join(workdir, NORM)
+    if not os.path.exists(norm_path):
+        raise FileNotFoundError(f"{norm_path} not found: config.rlhf.reward_from must be an `rm` workdir")
+    with open(norm_path) as f:
+        norm = json.load(f)
+    with mesh_lib.activation_rules(mesh):
+        params = common.load_params(workdir, mesh)
+    params = jax.device_put(params, param_shardings(model, mesh, config_lib.seq_len(cfg)))
+    return LoadedReward(model, params, float(norm["gain"]), float(norm["bias"]))
+
+
+def param_shardings(model: nn.Module, mesh: Mesh, seq_len: int) -> Any:
+    """NamedShardings of a model's params under the mesh rules."""
+    boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, seq_len), jnp.int32))["params"])
+    return mesh_lib.tree_shardings(mesh, boxed)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Comparisons
+
+
+def labeler_comparisons(cfg, policy: GPT, params, tok, prompts, mesh: Mesh, seed: int) -> list[data.Comparison]:
+    """K samples of `policy` per prompt, ranked by config.rlhf.labeler (higher score = preferred)."""
+    r = cfg.rlhf
+    score = labeler.get(r.labeler)
+    repeated = [p for p in prompts for _ in range(r.k)]
+    ids, texts = common.sample_responses(
+        policy,
+        params,
+        tok,
+        repeated,
+        max_prompt_len=r.max_prompt_len,
+        max_response_len=r.max_response_len,
+        temperature=r.temperature,  # the distribution PPO will sample from, which the RM must rank
+        seed=seed,
+        batch_size=r.rollout_batch,
+        mesh=mesh,
+    )
+    scores = score(texts)
+    out = []
+    for i, p in enumerate(prompts):
+        sl = slice(i * r.k, (i + 1) * r.k)
+        out.append(data.Comparison.from_scores(p, texts[sl], scores[sl].tolist()))
+    return out
+
+
+def read_comparisons(cfg, workdir: str, mesh: Mesh, tok) -> tuple[list, list, dict[str, Any]]:
+    """(train, test) comparisons of config.rlhf.comparisons and a report of their source."""
+    r = cfg.rlhf
+    if r.comparisons == "hh_rlhf":
+        result = data.read_hh_rlhf(common.data_path(cfg, data.HH_RLHF))
+        if result.malformed:
+            logging.warning("%s", result.summary())
+        train, test = data.split_by_prompt(result.examples, r.test_fraction, r.seed)
+        return train, test, {"source": result.path, "malformed": result.malformed}
+    if not r.init_from:
+        raise ConfigError("config.rlhf.comparisons='labeler' ranks SFT samples: set config.rlhf.init_from")
+    prompts, source = data.prompts(cfg)
+    train_p, test_p = data.split_by_prompt(prompts, r.test_fraction, r.seed)
+    n_test = max(1, r.label_prompts // 4)
+    policy = GPT(GPTConfig.from_config(cfg.model))
+    params = sft.load_init(cfg, mesh)
+    with mesh_lib.activation_rules(mesh):
+        train = labeler_comparisons(cfg, policy, params, tok, train_p[: r.label_prompts], mesh, r.seed)
+        test = labeler_comparisons(cfg, policy, params, tok, test_p[:n_test], mesh, r.seed + 1)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, COMPARISONS), "w") as f:
+            for split, comps in (("train", train), ("test", test)):
+                for c in comps:
+                    f.write(json.dumps({"split": split, **dataclasses.asdict(c)}) + "\n")
+    # A prompt whose K samples all tie (e.g. no sentiment word in any) teaches nothing: counted, then left out.
+    ties = sum(not c.pairs for c in train + test)
+    train, test = [c for c in train if c.pairs], [c for c in test if c.pairs]
+    report = {
+        "source": f"{r.labeler} ranking K={r.k} SFT samples of prompts from {source}",
+        "all_tied_prompts": ties,
+        "pairs_per_prompt": float(np.mean([len(c.pairs) for c in train])) if train else 0.0,
+    }
+    return train, test, report
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The command
+
+
+def make_trainer(cfg, tok: tokenizer_lib.Tokenizer, k: int, train, test, sft_params=None):
+    """(Trainer, model) of a reward model run of cfg.train.steps steps."""
+    model = RewardModel(GPTConfig.from_config(cfg.model))
+    t, r = cfg.train, cfg.rlhf
+    seq_len = config_lib.seq_len(cfg)
+
+    def encode(comp, weight):
+        return data.rm_example(tok, comp, seq_len, k, r.max_prompt_len, r.max_response_len, weight)
+
+    tokens = t.batch_size * k * seq_len
+    trainer = loop.Trainer(
+        init_fn=make_init_fn(model, make_optimizer(t), seq_len, sft_params),
+        train_step=make_train_step(model, lr_schedule(t), dropout=cfg.model.dropout > 0),
+        train_data=data.batches(train, encode, t.batch_size, cfg.data.seed, train=True),
+        eval_step=make_eval_step(model),
+        eval_data=(lambda: data.batches(test, encode, t.batch_size, train=False)) if test else None,
+        flops_per_step=flops_lib.flops_per_token(model.cfg, seq_len) * tokens,
+        tokens_per_step=tokens,
+    )
+    return trainer, model
+
+
+def accuracy(model: RewardModel, params, comps, encode, batch_size: int, mesh: Mesh) -> dict[str, float]:
+    """Pairwise accuracy and mean loss over every comparison in `comps`."""
+    jscores = jax.jit(lambda p, b: pairwise_loss(comparison_scores(model, p, b), b))
+    right = pairs = loss = elements = 0.0
+    with mesh_lib.activation_rules(mesh):
+        for batch in data.batches(comps, encode, batch_size, train=False):
+            total, n, m = jax.device_get(jscores(params, mesh_lib.put_batch(mesh, batch)))
+            n_pairs = float(np.sum(batch["pair_mask"] * batch["weight"]))
+            right, pairs = right + float(m["accuracy"]) * n_pairs, pairs + n_pairs
+            loss, elements = loss + float(total), elements + float(n)
+    return {"pairwise_accuracy": right / max(pairs, 1.0), "loss": loss / max(elements, 1.0), "pairs": int(pairs)}
+
+
+def run(cfg: ml_collections.ConfigDict, workdir: str, mesh: Mesh | None = None) -> dict[str, Any]:
+    """`gptx.main rm`: trains the reward model, normalises it on SFT samples, reports held-out accuracy."""
+    data.validate(cfg)
+    mesh = mesh or mesh_lib.make_mesh(cfg.mesh)
+    tok = common.resolve_tokenizer(cfg, workdir)
+    os.makedirs(workdir, exist_ok=True)
+    r = cfg.rlhf
+    train, test, report = read_comparisons(cfg, workdir, mesh, tok)
+    k = max(len(c.responses) for c in train + test)
+    logging.info("%d train / %d test comparisons, K = %d", len(train), len(test), k)
+    run_cfg = cfg.copy_and_resolve_references()
+    run_cfg.train.steps = sft.steps_for(cfg, len(train))
+    trainer, model = make_trainer(run_cfg, tok, k, train, test, sft.load_init(cfg, mesh))
+    result = loop.train(trainer, run_cfg, workdir, mesh)
+    params = result.state.params
+
+    seq_len = config_lib.seq_len(cfg)
+
+    def encode(comp, weight):
+        return data.rm_example(tok, comp, seq_len, k, r.max_prompt_len, r.max_response_len, weight)
+
+    held_out = accuracy(model, params, test, encode, cfg.train.batch_size, mesh)
+    on_train = accuracy(model, params, train[:512], encode, cfg.train.batch_size, mesh)
+    norm = reference_normalisation(cfg, model, params, tok, train, mesh)
+    out = {
+        **report,
+        "train_comparisons": len(train),
+        "test_comparisons": len(test),
+        "k": k,
+        "steps": int(result.state.step),
+        "test": held_out,
+        "train_sample": on_train,
+        "normalisation": norm,
+    }
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, NORM), "w") as f:
+            json.dump(norm, f, indent=2)
+        with open(os.path.join(workdir, RESULTS), "w") as f:
+            json.dump(out, f, indent=2)
+        print(
+            f"rm: held-out pairwise accuracy {held_out['pairwise_accuracy']:.4f} on {held_out['pairs']} pairs "
+            f"(train sample {on_train['pairwise_accuracy']:.4f}); gain {norm['gain']:.4f} bias {norm['bias']:.4f}"
+        )
+    return out
+
+
+def reference_normalisation(cfg, model: RewardModel, params, tok, train, mesh: Mesh) -> dict[str, Any]:
+    """Gain/bias from SFT samples on training prompts (config.rlhf.init_from); without an SFT model, from the
+    training comparisons' own responses."""
+    r = cfg.rlhf
+    prompts = list(dict.fromkeys(c.prompt for c in train))
+    rng = np.random.default_rng(r.seed)
+    prompts = [prompts[i] for i in rng.permutation(len(prompts))[: r.norm_samples]]
+    length = r.max_prompt_len + r.max_response_len
+    with mesh_lib.activation_rules(mesh):
+        if r.init_from:
+            policy = GPT(GPTConfig.from_config(cfg.model))
+            ids, _ = common.sample_responses(
+                policy,
+                sft.load_init(cfg, mesh),
+                tok,
+                prompts,
+                max_prompt_len=r.max_prompt_len,
+                max_response_len=r.max_response_len,
+                temperature=r.temperature,
+                seed=r.seed + 2,
+                batch_size=r.rollout_batch,
+                mesh=mesh,
+            )
+            source = f"{len(prompts)} SFT samples (temperature {r.temperature}) of training prompts"
+        else:
+            pairs = [(c.prompt, resp) for c in train for resp in c.responses][: r.norm_samples]
+            prompts = [p for p, _ in pairs]
+            ids = [data.encode_response(tok, resp, r.max_response_len) for _, resp in pairs]
+            source = f"{len(pairs)} responses of the training comparisons (no SFT model)"
+        tokens, mask = pack_sequences(tok, prompts, ids, length, r.max_prompt_len)
+        loaded = LoadedReward(model, params, 1.0, 0.0)
+        raw = loaded.raw_scores(tokens, mask, mesh, r.rollout_batch)
+    return {**normalisation(raw), "reference": source}

@@ -1,0 +1,200 @@
+"""InstructGPT data, SFT and reward model: readers count bad records, splits keep prompts apart, the SFT loss
+ignores the prompt, the K-choose-2 loss is the paper's and reads the score at the last real token."""
+
+import gzip
+import itertools
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import SHARED_DATA
+from flax import linen as nn
+
+from gptx.data import tokenizer as tokenizer_lib
+from gptx.models import GPT, GPTConfig
+from gptx.rlhf import common, data, labeler, reward
+from gptx.train import lm
+
+needs_data = pytest.mark.skipif(not SHARED_DATA.exists(), reason=f"shared data sets not found at {SHARED_DATA}")
+CFG = GPTConfig(vocab_size=64, block_size=32, n_layer=1, n_head=2, d_model=32, dropout=0.0, attn_dropout=0.0)
+
+
+class WordTokenizer:
+    """'w7 w9' -> [7, 9]; enough to check layouts by hand."""
+
+    bos_id, eos_id, pad_id = tokenizer_lib.BOS_ID, tokenizer_lib.EOS_ID, tokenizer_lib.PAD_ID
+
+    def encode(self, text):
+        return [int(w[1:]) for w in text.split()]
+
+
+def test_hh_rlhf_records_become_a_shared_prompt_and_two_ranked_replies(tmp_path):
+    good = {"chosen": "\n\nHuman: hi\n\nAssistant: hello there", "rejected": "\n\nHuman: hi\n\nAssistant: go away"}
+    later = {  # the texts part in an earlier turn: the prompt ends at the last shared Assistant turn
+        "chosen": "\n\nHuman: a\n\nAssistant: b\n\nHuman: c\n\nAssistant: d",
+        "rejected": "\n\nHuman: a\n\nAssistant: x",
+    }
+    lines = [
+        json.dumps(good),
+        "{not json",
+        json.dumps({"chosen": "only one"}),
+        json.dumps({"chosen": good["chosen"], "rejected": good["chosen"]}),  # identical
+        json.dumps({"chosen": "\n\nHuman: hi\n\nAssistant: ", "rejected": "\n\nHuman: hi\n\nAssistant: no"}),  # empty
+        json.dumps(later),
+    ]
+    path = tmp_path / "hh.jsonl.gz"
+    with gzip.open(path, "wt") as f:
+        f.write("\n".join(lines) + "\n")
+    result = data.read_hh_rlhf(str(path))
+    assert result.malformed == 4 and result.malformed_lines == [2, 3, 4, 5]
+    first, second = result.examples
+    assert first.prompt == "\n\nHuman: hi\n\nAssistant:" and first.responses == (" hello there", " go away")
+    assert first.pairs == ((0, 1),)
+    assert second.prompt == "\n\nHuman: a\n\nAssistant:"
+    assert second.responses == (" b\n\nHuman: c\n\nAssistant: d", " x")
+
+
+@needs_data
+def test_shared_preference_and_demonstration_files_read_with_their_bad_records_counted():
+    hh = data.read_hh_rlhf(str(SHARED_DATA / data.HH_RLHF))
+    assert len(hh.examples) + hh.malformed == 2312 and hh.malformed == 4  # 4 records have an empty reply
+    assert all(c.prompt.endswith(data.ASSISTANT) and len(c.responses) == 2 for c in hh.examples)
+    demos = data.read_self_instruct(str(SHARED_DATA / data.SELF_INSTRUCT))
+    assert demos.malformed == 0 and len(demos.examples) >= 175
+    assert all(d.prompt.startswith(data.HUMAN) and d.response.strip() for d in demos.examples)
+
+
+def test_self_instruct_reader_counts_bad_lines(tmp_path):
+    ok = {"instruction": "Add.", "instances": [{"input": "1 2", "output": "3"}]}
+    path = tmp_path / "seed.jsonl"
+    path.write_text("\n".join([json.dumps(ok), "[", json.dumps({"instruction": "x", "instances": []})]) + "\n")
+    result = data.read_self_instruct(str(path))
+    assert result.malformed == 2 and result.malformed_lines == [2, 3]
+    assert result.examples == [data.Demonstration("\n\nHuman: Add.\n1 2\n\nAssistant:", " 3")]
+
+
+def test_split_by_prompt_is_seeded_and_never_shares_a_prompt():
+    items = [data.Demonstration(f"p{i % 30}", f"r{i}") for i in range(90)]
+    train, test = data.split_by_prompt(items, 0.2, seed=3)
+    assert len(train) + len(test) == 90 and {d.prompt for d in train}.isdisjoint({d.prompt for d in test})
+    assert len({d.prompt for d in test}) == 6
+    assert data.split_by_prompt(items, 0.2, seed=3) == (train, test)
+    assert data.split_by_prompt(items, 0.2, seed=4)[1] != test
+
+
+class LogitShift(nn.Module):
+    """The GPT plus a free additive term on its logits, to take gradients with respect to every logit."""
+
+    shape: tuple
+
+    @nn.compact
+    def __call__(self, tokens, positions=None, segment_ids=None, deterministic=True):
+        delta = self.param("delta", nn.initializers.zeros, self.shape)
+        return GPT(CFG, name="gpt")(tokens, positions, segment_ids) + delta
+
+
+def test_sft_loss_is_the_response_tokens_negative_log_likelihood_only():
+    tok = WordTokenizer()
+    demo = data.Demonstration("w10 w11 w12 w13", "w20 w21 w22")
+    ex = data.sft_example(tok, demo, seq_len=12, max_prompt=8, max_response=8)
+    # [BOS 10 11 12 13] [20 21 22 EOS]: targets 20, 21, 22, EOS count, the prompt's do not.
+    np.testing.assert_array_equal(ex["targets"][:8], [10, 11, 12, 13, 20, 21, 22, 2])
+    np.testing.assert_array_equal(ex["weights"], [0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0])
+    batch = {k: jnp.asarray(v)[None] for k, v in ex.items()}
+    model = LogitShift((1, 12, CFG.vocab_size))
+    params = {**common.random_params(model, batch["inputs"]), "delta": jnp.zeros((1, 12, CFG.vocab_size))}
+
+    def loss(p):
+        total, w = lm.lm_loss_sum(p, batch, None, model, True)
+        return total / w
+
+    # Brute force: -mean log p(y_t | prompt, y_<t) over the response tokens of the unpadded sequence.
+    seq = [1, 10, 11, 12, 13, 20, 21, 22, 2]
+    logp = jax.nn.log_softmax(jax.jit(GPT(CFG).apply)({"params": params["gpt"]}, jnp.asarray([seq]))[0])
+    nll = [-float(logp[t - 1, seq[t]]) for t in range(5, len(seq))]
+    value, grads = jax.jit(jax.value_and_grad(loss))(params)
+    np.testing.assert_allclose(value, np.mean(nll), rtol=1e-5)
+    g = grads["delta"][0]  # [T, V]
+    assert float(jnp.abs(g[:4]).max()) == 0.0  # logits predicting prompt tokens get no gradient
+    assert float(jnp.abs(g[8:]).max()) == 0.0  # nor does padding
+    assert bool(jnp.all(jnp.abs(g[4:8]).max(axis=-1) > 0))
+
+
+def _rm_batch(comps, tok, k, seq_len=12):
+    rows = [data.rm_example(tok, c, seq_len, k, 6, 6) for c in comps]
+    return {key: jnp.asarray(np.stack([r[key] for r in rows])) for key in rows[0]}
+
+
+def test_rm_batch_element_holds_all_k_choose_2_pairs_and_loss_matches_brute_force():
+    tok = WordTokenizer()
+    rng = np.random.default_rng(0)
+    comps = [
+        data.Comparison.from_scores("w5 w6", [f"w{10 + i}" for i in range(4)], [0.3, -1.0, 0.9, 0.1]),
+        data.Comparison.from_scores("w7", ["w30", "w31", "w32"], [1.0, 1.0, -2.0]),  # a tie: 2 pairs, not 3
+    ]
+    batch = _rm_batch(comps, tok, k=4)
+    assert batch["tokens"].shape == (2, 4, 12) and batch["pair_w"].shape == (2, 6)  # C(4, 2) = 6 slots
+    np.testing.assert_array_equal(batch["pair_mask"].sum(1), [6, 2])
+    scores = jnp.asarray(rng.normal(size=(2, 4)), jnp.float32)
+    total, n, metrics = reward.pairwise_loss(scores, batch)
+    expect, right, pairs = [], 0, 0
+    for b, c in enumerate(comps):  # the paper's formula, one pair at a time
+        terms = [np.log(1 / (1 + np.exp(-(scores[b, w] - scores[b, lo])))) for w, lo in c.pairs]
+        expect.append(-np.sum(terms) / len(c.pairs))
+        right += sum(float(scores[b, w] > scores[b, lo]) for w, lo in c.pairs)
+        pairs += len(c.pairs)
+    np.testing.assert_allclose(total / n, np.mean(expect), rtol=1e-6)
+    np.testing.assert_allclose(metrics["accuracy"], right / pairs, rtol=1e-6)
+
+
+def test_rm_loss_does_not_change_when_the_k_responses_are_permuted():
+    tok = WordTokenizer()
+    texts, scores = ["w10", "w11 w12", "w13", "w14 w15 w16"], [0.5, 2.0, -1.0, 0.0]
+    model = reward.RewardModel(CFG)
+    comp = data.Comparison.from_scores("w3 w4", texts, scores)
+    batch = _rm_batch([comp], tok, k=4)
+    params = common.random_params(model, batch["tokens"][0], seed=1)
+    score_fn = jax.jit(lambda p, b: reward.comparison_scores(model, p, b))
+    base = reward.pairwise_loss(score_fn(params, batch), batch)[0]
+    for perm in itertools.islice(itertools.permutations(range(4)), 1, 24, 7):
+        permuted = data.Comparison.from_scores("w3 w4", [texts[i] for i in perm], [scores[i] for i in perm])
+        b = _rm_batch([permuted], tok, k=4)
+        np.testing.assert_allclose(reward.pairwise_loss(score_fn(params, b), b)[0], base, 1e-5)
+
+
+def test_reward_is_read_at_the_last_real_token_whatever_the_padding():
+    model = reward.RewardModel(CFG)
+    seq = jnp.asarray([1, 9, 8, 7, 2])
+    right = jnp.full((1, 9), 3).at[0, :5].set(seq)
+    left = jnp.full((1, 9), 3).at[0, 4:].set(seq)
+    mask_r, mask_l = right != 3, left != 3
+    params = common.random_params(model, right, seed=2)
+    score = jax.jit(lambda t, m: reward.sequence_scores(model, params, t, m))
+    r_right, r_left = score(right, mask_r), score(left, mask_l)
+    direct = jax.jit(model.apply)({"params": params}, seq[None])[0, -1]  # unpadded, its own last token
+    np.testing.assert_allclose(r_right, direct, rtol=1e-5)
+    np.testing.assert_allclose(r_left, direct, rtol=1e-5)
+    other_pad = jnp.where(mask_r, right, 17)  # what padding holds does not matter
+    np.testing.assert_allclose(score(other_pad, mask_r), direct, rtol=1e-5)
+    assert abs(float(score(right.at[0, 4].set(5), mask_r)[0] - direct)) > 1e-6  # the last real token counts
+    np.testing.assert_array_equal(common.last_index(jnp.asarray([[0, 1, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0]])), [2, 0, 0])
+
+
+def test_normalisation_gives_reference_samples_mean_0_and_std_1():
+    raw = np.random.default_rng(0).normal(3.0, 7.0, size=500)
+    norm = reward.normalisation(raw)
+    z = norm["gain"] * raw + norm["bias"]
+    np.testing.assert_allclose([z.mean(), z.std()], [0.0, 1.0], atol=1e-9)
+    assert norm["gain"] > 0  # the order of responses is kept
+
+
+def test_labeler_ranks_positive_text_first_and_win_rate_counts_ties_half():
+    pytest.importorskip("vaderSentiment")
+    judge = labeler.get("vader")
+    good, bad = judge(["what a lovely, happy day", "a terrible, hateful day"])
+    assert good > 0 > bad
+    comp = data.Comparison.from_scores("p", ["bad", "good"], [bad, good])
+    assert comp.pairs == ((1, 0),)
+    assert labeler.win_rate([1, 0, 2], [0, 0, 3]) == pytest.approx(0.5)
