@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -137,6 +137,7 @@ def decode(
     prompt_mask: jax.Array,
     rng: jax.Array,
     sampling: SamplingConfig,
+    prompt_embeds: jax.Array | None = None,
 ) -> Decoded:
     """Samples max_new_tokens continuations of left-padded prompts.
 
@@ -146,6 +147,9 @@ def decode(
       prompt_mask: [B, P] bool, True at real tokens.
       rng: one key, or a key per row [B] (rows then sample independently of the batch they are in).
       sampling: the static decoding settings.
+      prompt_embeds: optional [B, P, D] input embeddings of the prompts (e.g. with image patches in place of
+        placeholder tokens, see gptx/models/multimodal.py); the prefill reads them instead of embedding
+        prompt_tokens. New tokens are embedded as usual.
     """
     b, p = prompt_tokens.shape
     n = sampling.max_new_tokens
@@ -162,6 +166,7 @@ def decode(
         cache=init_cache(model.cfg, b, p + n),
         cache_index=0,
         kv_mask=kv_mask,
+        input_embeds=prompt_embeds,
     )
 
     def cond(carry):
@@ -211,32 +216,33 @@ def generate(
     tokenizer: Any = None,
     batch_size: int = 0,
     mesh: Mesh | None = None,
+    embed_prompts: Callable[[np.ndarray, list[int]], jax.Array] | None = None,
 ) -> Generation:
     """Continuations of token-list prompts, cut after EOS and, with a tokenizer, at the first stop string.
 
     Prompts are decoded in batches of `batch_size` (0: all at once), each padded to its longest prompt; a
     prompt's continuation is the same in any batch. With a mesh, batches are padded to a multiple of the
     batch-sharding axes and decoded under the mesh's activation rules. Texts (with a tokenizer) end before
-    the stop string; tokens and log-probs end with the token that completed it.
+    the stop string; tokens and log-probs end with the token that completed it. `embed_prompts(tokens [b, P],
+    prompt indices [b])` may supply the prefill's input embeddings [b, P, D] (other modalities).
     """
     if sampling.stop and tokenizer is None:
         raise ValueError("stop strings need a tokenizer")
     base = jax.random.key(sampling.seed)
-    row_keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.arange(len(prompts)))
     size = batch_size or len(prompts)
     shards = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
     out = Generation([], [], [] if tokenizer is not None else None)
     rules = mesh_lib.activation_rules(mesh) if mesh is not None else contextlib.nullcontext()
     with rules:
         for start in range(0, len(prompts), size):
-            chunk = list(prompts[start : start + size])
-            keys = row_keys[start : start + len(chunk)]
-            pad_rows = -len(chunk) % shards  # dummy rows so the batch splits over the mesh
-            chunk += [chunk[-1]] * pad_rows
-            keys = jnp.concatenate([keys] + [keys[-1:]] * pad_rows) if pad_rows else keys
-            tokens, mask = left_pad(chunk, sampling.pad_id)
-            result = jax.device_get(decode(model, params, tokens, mask, keys, sampling))
-            for row in range(len(chunk) - pad_rows):
+            rows = list(range(start, min(start + size, len(prompts))))
+            real = len(rows)
+            rows += [rows[-1]] * (-real % shards)  # dummy rows so the batch splits over the mesh
+            tokens, mask = left_pad([prompts[r] for r in rows], sampling.pad_id)
+            keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.asarray(rows))  # one key per prompt
+            embeds = embed_prompts(tokens, rows) if embed_prompts is not None else None
+            result = jax.device_get(decode(model, params, tokens, mask, keys, sampling, embeds))
+            for row in range(real):
                 _append(out, result, row, sampling, tokenizer)
     return out
 
