@@ -50,6 +50,7 @@ def default() -> ml_collections.ConfigDict:
     c.mesh.data = -1  # -1: all devices left after the other axes
     c.mesh.fsdp = 1
     c.mesh.tensor = 1
+    c.mesh.dcn_data = 1  # multi-slice TPU: `data` spans this many slices over the data-centre network
     c.mesh.multihost = "auto"  # auto: from the environment; "yes"; "no"
     c.mesh.coordinator_address = ""  # host:port of process 0, for GPU clusters and CPU tests
     c.mesh.num_processes = 0
@@ -117,6 +118,9 @@ def default() -> ml_collections.ConfigDict:
     c.scaling.head_dim = 8  # n_head = d_model // head_dim; d_model is rounded to a multiple of it
     c.scaling.tokens_per_param = 20.0  # tokens of each run = this x its parameters (Chinchilla: ~20)
     c.scaling.compute_budget = 0.0  # when tokens_per_param is 0: training FLOPs of every run
+    # ratios: each size trained once per ratio (a sizes x token-budgets grid, as Chinchilla's L(N, D) fit needs);
+    # () trains each size once at tokens_per_param
+    c.scaling.tokens_per_param_grid = ()
     c.scaling.min_steps = 20
     c.scaling.smooth_evals = 1  # final loss = mean of the last k eval losses
     c.scaling.holdout = 1  # the largest runs (by compute) left out of the fit and predicted
@@ -128,6 +132,162 @@ def default() -> ml_collections.ConfigDict:
     c.scaling.seed = 0
     c.scaling.target = ""  # a config to predict, configs/NAME.py[:ARG]; "": the sweep's held-out runs
     c.scaling.measured = 0.0  # the target's measured final loss, once trained (0: not yet)
+
+    # GPT-3 data preparation (`prepare` command, gptx/data/prepare.py): sources -> normalise -> heuristic filters
+    # -> exact + MinHash-LSH dedup -> quality classifier with the Pareto rule -> decontamination -> weighted mix
+    # -> ArrayRecord shards + report.json. Train on the result with --config.data.corpus=OUTPUT_DIR.
+    c.data_prep = ml_collections.ConfigDict()
+    # dicts with keys name, path, format, text_field, separator, weight, role, limit, filters
+    # (gptx.data.readers.Source); role: curated (classifier positives, kept) | raw (negatives, Pareto-filtered) | none
+    c.data_prep.sources = ()
+    c.data_prep.output_dir = ""  # "": the workdir
+    c.data_prep.on_bad_utf8 = "repair"  # repair: U+FFFD for the bad bytes; skip: drop the line. Counted either way
+    c.data_prep.val_fraction = 0.01  # per source, held out before mixing
+    c.data_prep.shard_docs = 10000  # documents per ArrayRecord shard
+    c.data_prep.seed = 0  # hold-out, mixing and shuffling
+    c.data_prep.progress = True
+    c.data_prep.clean = ml_collections.ConfigDict()
+    c.data_prep.clean.normalize = True  # NFC, newlines, exotic spaces, control characters, blank-line runs
+    c.data_prep.clean.min_words = 3
+    c.data_prep.clean.max_words = 100_000
+    c.data_prep.clean.max_symbol_ratio = 0.3  # of non-space characters that are ASCII punctuation/symbols
+    c.data_prep.clean.max_digit_ratio = 0.3
+    c.data_prep.clean.max_dup_line_frac = 0.3  # non-empty lines that repeat another line
+    c.data_prep.clean.max_dup_ngram_frac = 0.5  # words inside a dup_ngram-gram that occurs twice or more
+    c.data_prep.clean.dup_ngram = 5
+    c.data_prep.dedup = ml_collections.ConfigDict()
+    c.data_prep.dedup.exact = True
+    c.data_prep.dedup.fuzzy = True
+    c.data_prep.dedup.ngram = 5  # words per shingle
+    c.data_prep.dedup.num_perm = 128  # MinHash size; GPT-3 (Spark MinHashLSH): 10
+    c.data_prep.dedup.threshold = 0.8  # Jaccard similarity of near-duplicates
+    c.data_prep.dedup.bands = 0  # LSH bands x rows; 0: derived from the threshold. GPT-3: 10 bands of 1 row
+    c.data_prep.dedup.rows = 0
+    c.data_prep.dedup.fn_weight = 0.8  # derived bands x rows weigh missed pairs by this, false candidates by 1 - it
+    c.data_prep.dedup.verify = True  # exact Jaccard check of LSH candidates (drops false positives)
+    c.data_prep.dedup.seed = 1
+    c.data_prep.quality = ml_collections.ConfigDict()
+    c.data_prep.quality.enabled = True  # needs curated and raw sources
+    c.data_prep.quality.hash_bits = 20  # 2^20 hashed unigram + bigram buckets
+    c.data_prep.quality.l2 = 1e-5
+    c.data_prep.quality.max_iter = 50  # Newton-CG iterations
+    c.data_prep.quality.heldout_fraction = 0.2  # of each class, for the reported accuracy and AUC
+    c.data_prep.quality.pareto_alpha = 9.0  # keep a raw document iff pareto(alpha) > 1 - score
+    c.data_prep.quality.seed = 0
+    c.data_prep.decontam = ml_collections.ConfigDict()
+    c.data_prep.decontam.task_files = ()  # evaluation files (JSONL/TSV/CSV/text, optionally compressed)
+    c.data_prep.decontam.ngram = 13
+    c.data_prep.decontam.min_ngram = 13  # < ngram: files of short examples use their 5th-percentile length
+    c.data_prep.decontam.mode = "split"  # split: cut the match +- window out (GPT-3); drop: drop the document
+    c.data_prep.decontam.window = 200  # characters removed on each side of a match
+    c.data_prep.decontam.min_piece = 200  # shorter pieces are discarded
+    c.data_prep.decontam.max_pieces = 10  # a document cut into more pieces is dropped
+    c.data_prep.decontam.max_doc_freq = 10  # N-grams in more training documents are ignored; 0: never
+    c.data_prep.mix = ml_collections.ConfigDict()
+    c.data_prep.mix.total_bytes = 0  # size of the mix; 0: all sources' bytes, redistributed by weight
+    c.data_prep.mix.max_epochs = 0.0  # > 0: at most this many passes over any source (it then falls short)
+
+    # Decoding (gptx/sample.py) for `sample` and the demo; prompts come from --prompt.
+    c.sample = ml_collections.ConfigDict()
+    c.sample.max_new_tokens = 128
+    c.sample.temperature = 0.8  # 0: greedy
+    c.sample.top_k = 40  # 0: off
+    c.sample.top_p = 1.0  # nucleus mass; 1: off
+    c.sample.stop = ("\n\n",)  # stop strings; () for none. EOS always stops a row
+    c.sample.seed = 0
+    c.sample.batch_size = 0  # prompts decoded together; 0: all
+
+    # GPT-4V-style vision (gptx/train/vision.py): `train` with vision.task = "clip" aligns a ViT to a GPT text tower
+    # (config.model); "multimodal" projects the ViT's patch features into a GPT decoder's (config.model) token stream.
+    c.vision = ml_collections.ConfigDict()
+    c.vision.task = ""  # "": not a vision run; clip | multimodal
+    c.vision.data_dir = "../shared/data"  # a relative path is taken from the repository root
+    c.vision.sources = "digits,photos"  # image_text/sklearn_digits (captions made from labels), skimage_clip8
+    c.vision.test_fraction = 0.2  # held-out digits (seeded split by data.seed)
+    c.vision.image_size = 16  # digits (8x8) are upscaled to this, photos resized
+    c.vision.channels = 3
+    c.vision.patch_size = 4
+    c.vision.width = 64  # ViT
+    c.vision.depth = 2
+    c.vision.n_head = 4
+    c.vision.mlp_dim = 0  # 0: 4 * width
+    c.vision.dropout = 0.0
+    c.vision.max_rotation = 10.0  # training digits are rotated up to this many degrees
+    c.vision.max_shift = 1  # and shifted up to this many pixels
+    c.vision.loss = "clip"  # clip: symmetric cross-entropy | siglip: pairwise sigmoid
+    c.vision.embed_dim = 64  # joint image-text space
+    c.vision.init_temperature = 0.07  # CLIP's initial temperature (SigLIP starts at t = 10, b = -10)
+    c.vision.max_logit_scale = 100.0  # the learned logit scale is clamped here
+    c.vision.text_len = 16  # caption tokens, BOS and EOS included
+    c.vision.encoder_init = ""  # multimodal: a clip workdir whose image tower encodes images (frozen); "": random
+    c.vision.decoder_init = ""  # multimodal: a `train` workdir whose GPT is the decoder; "": random init
+    c.vision.projector_steps = 100  # stage 1: only the projector trains (LLaVA); then train.steps of stage 2
+    c.vision.projector_lr = 1e-3
+    c.vision.train_decoder = True  # stage 2 trains projector + decoder; False: the projector only
+    c.vision.max_interleaved = 4  # images per interleaved training sequence
+    c.vision.photo_repeats = 10  # copies of each captioned photo per epoch
+    c.vision.few_shot = 3  # image/answer examples before the query in few-shot prompts
+    c.vision.eval_limit = 0  # score at most this many held-out digits at the end; 0 = all
+
+    # Ahead-of-time memory check (gptx/aot.py): the train step compiled for a topology this machine need not have.
+    c.aot = ml_collections.ConfigDict()
+    c.aot.topology = ""  # v5e:4x4, v4:2x2x2 (TPU chips per slice), h100:2x8 (GPUs), cpu:N, abstract:N
+    c.aot.num_slices = 1  # TPU slices joined over the data-centre network (with config.mesh.dcn_data)
+    c.aot.device_memory_gib = 0.0  # per device; 0: the chip's nominal memory
+
+    # InstructGPT (gptx/rlhf/): SFT, the K-choose-2 reward model and PPO-ptx. The optimizer of `sft`, `rm` and of
+    # the PPO policy reads config.train; sequences are config.data.seq_len (0: model.block_size) long.
+    c.rlhf = ml_collections.ConfigDict()
+    c.rlhf.init_from = ""  # sft: pretrained workdir; rm and ppo: the SFT workdir ("" = random init)
+    c.rlhf.reward_from = ""  # ppo: the reward model's workdir (reward, value init, normalisation)
+    c.rlhf.data_dir = "../shared/data"  # a relative path is taken from the repository root
+    c.rlhf.demonstrations = "self_instruct"  # sft: self_instruct | corpus (next-line continuations of data.corpus)
+    c.rlhf.comparisons = "hh_rlhf"  # rm: hh_rlhf | labeler (K SFT samples per prompt ranked by rlhf.labeler)
+    c.rlhf.prompts = "hh_rlhf"  # ppo and labeler prompts: hh_rlhf | self_instruct | corpus
+    c.rlhf.labeler = "vader"  # the scorer that stands in for human labelers (vader: VADER compound sentiment)
+    c.rlhf.test_fraction = 0.1  # held-out share of prompts (seeded split by prompt)
+    c.rlhf.seed = 0
+    c.rlhf.epochs = 1.0  # sft / rm passes over the training set; 0: train.steps steps
+    c.rlhf.max_prompt_len = 48  # tokens; a longer prompt keeps its end (the latest turn)
+    c.rlhf.max_response_len = 32  # tokens, EOS included
+    c.rlhf.corpus_prompt_lines = 2  # corpus prompts: this many lines; the next line is the demonstration
+    c.rlhf.k = 4  # responses per prompt the labeler ranks
+    c.rlhf.label_prompts = 256  # prompts the labeler ranks K SFT samples of
+    c.rlhf.norm_samples = 256  # SFT samples that set the reward model's gain and bias
+    c.rlhf.select_from = ""  # sft: an RM workdir; keep the kept checkpoint whose samples it scores highest
+    c.rlhf.temperature = 0.7  # sampling temperature of rollouts; log-probs use the same one
+    c.rlhf.iterations = 100  # ppo: rollout + update rounds
+    c.rlhf.rollout_batch = 64  # episodes per rollout
+    c.rlhf.minibatch = 16  # episodes per PPO minibatch
+    c.rlhf.ppo_epochs = 4  # passes over each rollout
+    c.rlhf.kl_coef = 0.2  # β of r_t = -β (log π - log π_ref); the adaptive controller's starting value
+    c.rlhf.adaptive_kl = True  # Ziegler et al. (2019) controller
+    c.rlhf.kl_target = 6.0  # nats per episode
+    c.rlhf.kl_horizon = 10000  # episodes
+    c.rlhf.gamma = 1.0
+    c.rlhf.lam = 0.95
+    c.rlhf.cliprange = 0.2
+    c.rlhf.cliprange_value = 0.2
+    c.rlhf.whiten_advantages = True
+    c.rlhf.value_lr = 1e-5  # Adam of the value model (the policy uses train.lr)
+    c.rlhf.ptx_coef = 0.0  # γ of PPO-ptx (InstructGPT: 27.8); 0 = plain PPO
+    c.rlhf.ptx_batch = 8  # pretraining sequences per PPO minibatch
+    c.rlhf.missing_eos_penalty = 0.0  # subtracted from the score of a response that never emits EOS
+    c.rlhf.eval_prompts = 64  # held-out prompts whose samples ppo scores at the end
+
+    # In-context learning evaluation (gptx/eval/): the `eval` command and the demo's fewshot stage.
+    c.eval = ml_collections.ConfigDict()
+    c.eval.tasks = "lambada,hellaswag,two_digit_addition"  # comma-separated names from gptx.eval.tasks.TASKS
+    c.eval.shots = "0,1,8"  # demonstrations per prompt, one evaluation per value
+    c.eval.limit = 0  # evaluate the first N docs of each task; 0 = all
+    c.eval.batch_size = 16  # sequences per forward pass (scores change only by float rounding)
+    c.eval.seed = 1234  # draws the demonstrations
+    c.eval.data_dir = "../shared/data"  # task files; a relative path is taken from the repository root
+    c.eval.max_new_tokens = 0  # generation length of generate tasks; 0 = each task's own
+    c.eval.rolling_stride = 0  # perplexity windows predict this many new tokens each; 0 = the context length
+    c.eval.grader = ""  # model-graded metric: "" none, "self", or a workdir holding a grader of config.model
+    c.eval.examples = 0  # keep this many prompts (and generations) per task and shot count in the JSON
+    c.eval.output = ""  # results JSON; "" = WORKDIR/eval_results.json
     return c
 
 

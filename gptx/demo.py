@@ -12,8 +12,6 @@ import os
 import time
 from collections.abc import Callable, Sequence
 
-import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -92,6 +90,27 @@ def plot_losses(history: list[dict], unigram: float, path: str, title: str) -> N
     plt.close(fig)
 
 
+def stage_prepare(cfg: ml_collections.ConfigDict, workdir: str, report: Report) -> None:
+    """GPT-3's data pipeline (normalise, filter, deduplicate, mix, shard) on the demo corpus, with its report."""
+    from gptx.data import prepare, summary
+
+    prep = ml_collections.ConfigDict(cfg.to_dict())
+    if not prep.data_prep.sources:  # the demo corpus alone: no raw source to classify, no eval files to remove
+        corpus = {"name": "corpus", "path": cfg.data.corpus, "separator": cfg.data.doc_separator}
+        prep.data_prep.sources = (corpus,)
+    prep.data_prep.update(output_dir=os.path.join(workdir, "prepared"), progress=False)
+    result = prepare.run(prep, prep.data_prep.output_dir)
+    report.section(
+        "prepare",
+        "## 0. Data preparation (GPT-3 pipeline)\n\n"
+        f"`gptx.main prepare` on {', '.join(s['name'] for s in prep.data_prep.sources)} in {result['seconds']:.1f} s: "
+        f"{result['shards']['train_docs']:,} training and {result['shards']['val_docs']:,} validation documents "
+        f"in ArrayRecord shards under `prepared/` (full report: `prepared/summary.md`, `prepared/report.json`). "
+        "The pretraining below reads the corpus itself; `--config.data.corpus=WORKDIR/prepared` trains on the "
+        "shards instead.\n\n" + summary.stage_table(result) + "\n" + summary.dedup_section(result),
+    )
+
+
 def stage_pretrain(cfg: ml_collections.ConfigDict, workdir: str, report: Report) -> None:
     """Pretrain a tiny GPT-2 on the corpus; plot its losses against the unigram entropy."""
     t0 = time.perf_counter()
@@ -134,29 +153,29 @@ def stage_pretrain(cfg: ml_collections.ConfigDict, workdir: str, report: Report)
 
 
 def stage_sample(cfg: ml_collections.ConfigDict, workdir: str, report: Report) -> None:
-    """Print samples from the pretrained model."""
-    from gptx.sample import generate
+    """Print samples from the pretrained model: all prompts in one batch through the KV-cache decoder."""
+    from gptx import sample
 
     cfg = ml_collections.ConfigDict(cfg.to_dict())
     cfg.data.tokenizer = pretrain.tokenizer_path(cfg, workdir)
     model, params, tok = pretrain.load_trained(cfg, os.path.join(workdir, "pretrain"))
-    texts = []
-    for i, prompt in enumerate(SAMPLE_PROMPTS):
-        ids = jnp.asarray([[tok.bos_id, *tok.encode(prompt)]], jnp.int32)
-        out = generate(
-            model,
-            params,
-            ids,
-            jax.random.key(i),
-            max_new_tokens=cfg.model.block_size - ids.shape[1],
-            temperature=0.8,
-            top_k=40,
-        )
-        texts.append(tok.decode(np.asarray(out[0]).tolist()).split("\n\n")[0])
+    prompts = [[tok.bos_id, *tok.encode(p)] for p in SAMPLE_PROMPTS]
+    cfg.sample.max_new_tokens = min(cfg.sample.max_new_tokens, cfg.model.block_size - max(map(len, prompts)))
+    sampling = sample.sampling_from_config(cfg.sample, tok.eos_id, tok.pad_id)
+    out = sample.generate(model, params, prompts, sampling, tokenizer=tok)
+    texts = [p + t for p, t in zip(SAMPLE_PROMPTS, out.texts, strict=True)]
     for text in texts:
         print(f"---\n{text}")
     body = "\n\n".join(f"```\n{t}\n```" for t in texts)
-    report.section("sample", f"## 3. Samples (temperature 0.8, top-k 40)\n\n{body}\n")
+    settings = f"temperature {sampling.temperature}, top-k {sampling.top_k}, top-p {sampling.top_p}"
+    report.section("sample", f"## 3. Samples ({settings}, stop at a blank line)\n\n{body}\n")
+
+
+def stage_fewshot(cfg: ml_collections.ConfigDict, workdir: str, report: Report) -> None:
+    """GPT-3 in-context learning: the pretrained model 0/1/K-shot on held-out lines, accuracy vs demonstrations."""
+    from gptx.eval import fewshot_demo
+
+    report.section("fewshot", fewshot_demo.run(cfg, workdir, report.image_path("fewshot.png")))
 
 
 def stage_scaling(cfg: ml_collections.ConfigDict, workdir: str, report: Report) -> None:
@@ -200,17 +219,44 @@ def stage_scaling(cfg: ml_collections.ConfigDict, workdir: str, report: Report) 
     )
 
 
+def stage_vision(cfg: ml_collections.ConfigDict, workdir: str, report: Report) -> None:
+    """GPT-4V in miniature: CLIP on digits, then a ViT-fed decoder answering about them (gptx/train/vision_demo.py)."""
+    from gptx.train import vision_demo
+
+    vision_demo.stage(cfg, workdir, report)
+
+
+def stage_rlhf(cfg: ml_collections.ConfigDict, workdir: str, report: Report) -> None:
+    """InstructGPT in miniature: SFT, a reward model of VADER's rankings, PPO and PPO-ptx (gptx/rlhf/stage.py)."""
+    from gptx.rlhf import stage
+
+    stage.run(cfg, workdir, report)
+
+
+def stage_paradigms(cfg: ml_collections.ConfigDict, workdir: str, report: Report) -> None:
+    """GPT-1 vs GPT-3 on SST-2: fine-tuned from pretrained, from random init, and prompted (gptx/paradigms.py)."""
+    from gptx import paradigms
+
+    report.section("paradigms", paradigms.run(cfg, workdir, report.image_path("paradigms.png")))
+
+
 STAGES: dict[str, Callable[[ml_collections.ConfigDict, str, Report], None]] = {
+    "prepare": stage_prepare,
     "tokenizer": stage_tokenizer,
     "pretrain": stage_pretrain,
     "sample": stage_sample,
+    "fewshot": stage_fewshot,
     "scaling": stage_scaling,
+    "vision": stage_vision,
+    "rlhf": stage_rlhf,
+    "paradigms": stage_paradigms,
 }
+OPT_IN = ("vision", "rlhf", "paradigms")  # minutes of CPU each: run with --stages=...
 
 
 def run(cfg: ml_collections.ConfigDict, workdir: str, stages: Sequence[str] | None = None) -> str:
-    """Runs the named stages (all by default) in order; returns the path of report.md."""
-    stages = list(stages or STAGES)
+    """Runs the named stages (all but the opt-in ones by default) in order; returns the path of report.md."""
+    stages = list(stages or [s for s in STAGES if s not in OPT_IN])
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise ConfigError(f"unknown demo stage(s) in --stages: {unknown}; stages: {', '.join(STAGES)}")

@@ -25,6 +25,8 @@ _HF_DIR = flags.DEFINE_string("hf_dir", None, "convert: a Hugging Face GPT-2 / O
 _DIRECTION = flags.DEFINE_enum(
     "direction", "import", ["import", "export"], "convert: import (HF -> workdir) or export (workdir -> HF)."
 )
+_PROMPTS = flags.DEFINE_multi_string("prompt", [], "sample: a prompt to continue (repeat the flag for a batch).")
+flags.DEFINE_alias("checkpoint", "workdir")  # `sample --checkpoint=DIR` reads the latest checkpoint of a run
 _ALLOW_PICKLE = flags.DEFINE_bool(
     "allow_pickle", False, "convert: read pickled pytorch_model.bin weights (pickles run code; trust the source)."
 )
@@ -33,6 +35,11 @@ _ALLOW_PICKLE = flags.DEFINE_bool(
 def _train(cfg, workdir: str) -> None:
     from gptx.train import pretrain
 
+    if cfg.vision.task:  # configs/vision.py: contrastive or multimodal training
+        from gptx.train import vision
+
+        vision.run(cfg, workdir)  # prints accuracies, writes WORKDIR/vision_results.json
+        return
     result = pretrain.run(cfg, workdir)
     if jax.process_index():
         return
@@ -63,10 +70,76 @@ def _finetune(cfg, workdir: str) -> None:
     finetune.run(cfg, workdir)  # prints dev accuracy per task, writes WORKDIR/finetune_results.json
 
 
+def _sample(cfg, workdir: str) -> None:
+    from gptx import sample
+    from gptx.train import pretrain
+
+    if not _PROMPTS.value:
+        raise config_lib.ConfigError("sample needs at least one --prompt=TEXT")
+    model, params, tok = pretrain.load_trained(cfg, workdir)
+    prompts = [[tok.bos_id, *tok.encode(p)] for p in _PROMPTS.value]
+    longest = max(len(p) for p in prompts)
+    if longest + cfg.sample.max_new_tokens > cfg.model.block_size:
+        raise config_lib.ConfigError(
+            f"a prompt of {longest} tokens + config.sample.max_new_tokens={cfg.sample.max_new_tokens} exceed "
+            f"the context config.model.block_size={cfg.model.block_size}"
+        )
+    sampling = sample.sampling_from_config(cfg.sample, tok.eos_id, tok.pad_id)
+    mesh = mesh_lib.make_mesh(cfg.mesh)
+    out = sample.generate(model, params, prompts, sampling, tokenizer=tok, batch_size=cfg.sample.batch_size, mesh=mesh)
+    if jax.process_index() == 0:
+        for prompt, text in zip(_PROMPTS.value, out.texts, strict=True):
+            print(f"--- {prompt!r}\n{prompt}{text}")
+
+
+def _prepare(cfg, workdir: str) -> None:
+    from gptx.data import prepare
+
+    if jax.process_index():  # one process prepares; the others would race on the same files
+        return
+    report = prepare.run(cfg, workdir)  # writes shards, report.json and summary.md to the output directory
+    sh = report["shards"]
+    print(
+        f"prepared {sh['train_docs']:,} training and {sh['val_docs']:,} validation documents in "
+        f"{sh['train_shards'] + sh['val_shards']} shards -> {report['output_dir']} (summary.md, report.json); "
+        f"train with --config.data.corpus={report['output_dir']}"
+    )
+
+
+def _sft(cfg, workdir: str) -> None:
+    from gptx.rlhf import sft
+
+    sft.run(cfg, workdir)  # prints the validation loss, writes WORKDIR/sft_results.json
+
+
+def _rm(cfg, workdir: str) -> None:
+    from gptx.rlhf import reward
+
+    reward.run(cfg, workdir)  # prints held-out pairwise accuracy, writes WORKDIR/rm_results.json
+
+
+def _ppo(cfg, workdir: str) -> None:
+    from gptx.rlhf import ppo
+
+    ppo.run(cfg, workdir)  # prints RM/labeler scores of PPO vs SFT samples, writes WORKDIR/ppo_results.json
+
+
 def _scaling(cfg, workdir: str, action: str) -> None:
     from gptx import scaling
 
     scaling.run_command(cfg, workdir, action)
+
+
+def _aot(cfg, workdir: str) -> None:
+    from gptx import aot
+
+    aot.run(cfg, workdir)  # prints the memory table, writes WORKDIR/aot_report.json; ConfigError when it won't fit
+
+
+def _eval(cfg, workdir: str) -> None:
+    from gptx.eval import command
+
+    command.run(cfg, workdir)  # prints the table, writes WORKDIR/eval_results.json (config.eval.output)
 
 
 def _convert(cfg, workdir: str) -> None:
@@ -98,8 +171,15 @@ COMMANDS = {
     "tokenizer": _tokenizer,
     "demo": _demo,
     "finetune": _finetune,
+    "prepare": _prepare,  # GPT-3 data pipeline: config.data_prep -> ArrayRecord shards
+    "sample": _sample,
     "scaling": _scaling,  # takes an action: sweep | fit | predict
     "convert": _convert,
+    "eval": _eval,  # in-context learning: config.eval.tasks at config.eval.shots demonstrations
+    "aot": _aot,  # compiles for config.aot.topology, not for this machine's devices
+    "sft": _sft,  # InstructGPT: supervised fine-tuning on demonstrations
+    "rm": _rm,  # InstructGPT: reward model on K-choose-2 comparisons
+    "ppo": _ppo,  # InstructGPT: PPO-ptx against the reward model
 }
 
 
@@ -113,8 +193,9 @@ def main(argv: list[str]) -> None:
     cfg = _CONFIG.value
     try:
         config_lib.validate(cfg)  # keys and shapes first: a typo should not wait for device start-up
-        mesh_lib.initialize_distributed(cfg.mesh)
-        config_lib.validate(cfg, jax.device_count())
+        if argv[1] != "aot":  # aot checks the mesh against its target topology instead
+            mesh_lib.initialize_distributed(cfg.mesh)
+            config_lib.validate(cfg, jax.device_count())
         COMMANDS[argv[1]](cfg, _WORKDIR.value, *argv[2:])
     except (config_lib.ConfigError, FileNotFoundError, DataError, InteropError, NonFiniteLossError) as e:
         # Expected failures get one line naming what is wrong, not a traceback.

@@ -34,6 +34,26 @@ def test_demo_learns_far_below_the_unigram_entropy(tmp_path):
     out = run_cli("demo", "--config=configs/demo.py", f"--workdir={tmp_path}", "--stages=sample")
     assert out.returncode == 0, out.stderr[-3000:]
     assert "## 2. Pretraining" in (tmp_path / "report.md").read_text()
+
+    # `sample` continues prompts from the run's checkpoint; greedy decoding is deterministic.
+    tokenizer = f"--config.data.tokenizer={tmp_path / 'tokenizer.model'}"
+    args = ("sample", "--config=configs/demo.py", f"--checkpoint={tmp_path / 'pretrain'}", tokenizer)
+    greedy = (
+        "--prompt=ROMEO:",
+        "--prompt=JULIET:\nO",
+        "--config.sample.temperature=0",
+        "--config.sample.max_new_tokens=24",
+    )
+    first, second = run_cli(*args, *greedy), run_cli(*args, *greedy)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert (
+        first.stdout == second.stdout and "--- 'ROMEO:'\nROMEO:" in first.stdout and "--- 'JULIET:\\nO'" in first.stdout
+    )
+    out = run_cli(*args)
+    assert (
+        out.returncode == 2
+        and out.stderr.strip().splitlines()[-1] == "gptx: error: sample needs at least one --prompt=TEXT"
+    )
     out = run_cli("demo", "--config=configs/demo.py", f"--workdir={tmp_path}", "--stages=fly")
     assert out.returncode == 2 and "unknown demo stage(s) in --stages: ['fly']" in out.stderr
 

@@ -24,7 +24,7 @@ def vader() -> Labeler:
         from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
     except ImportError as e:
         raise ConfigError(
-            "config.rlhf.labeler='vader' needs the vadersentiment package: pip install vadersentiment"
+            "config.rlhf.labeler='vader' needs the vadersentiment package: pip install -e '.[rlhf]'"
         ) from e
     analyzer = SentimentIntensityAnalyzer()
     return lambda texts: np.asarray([analyzer.polarity_scores(t)["compound"] for t in texts], np.float64)
