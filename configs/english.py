@@ -15,7 +15,8 @@ Usage:
 tests/benchmarks/finetune_sst2.py runs all of it and compares against random init.
 """
 
-from gptx import config as gptx_config
+import importlib.util
+import pathlib
 
 DATA = "../shared/data"  # relative paths are taken from the repository root
 
@@ -28,34 +29,20 @@ def sources() -> tuple[dict, ...]:
     )
 
 
+def _demo_config():
+    spec = importlib.util.spec_from_file_location("configs_demo", pathlib.Path(__file__).with_name("demo.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
 def get_config(arg: str = ""):
-    c = gptx_config.default()
-    # The demo model's shape, so that a finished run is a valid config.finetune.init_from for configs/finetune.py.
-    c.model.update(
-        name="english",
-        arch="gpt2",
-        vocab_size=1024,
-        block_size=128,
-        n_layer=4,
-        n_head=4,
-        d_model=128,
-        dropout=0.1,
-        attn_dropout=0.0,
-    )
-    c.tokenizer.vocab_size = 1024
+    # The demo model's shape and optimizer, so that a finished run is a valid config.finetune.init_from for
+    # configs/finetune.py; only the text and the schedule differ.
+    c = _demo_config()
+    c.model.name = "english"
     c.data.update(corpus="", doc_separator="blank_line", val_fraction=0.02)
-    c.train.update(
-        steps=800,
-        batch_size=32,
-        lr=3e-3,
-        warmup_steps=50,
-        log_every=20,
-        eval_every=200,
-        eval_batches=8,
-        ckpt_every=400,
-        weight_decay=0.1,
-    )
-    c.mesh.update(data=-1, fsdp=1, tensor=1)
+    c.train.update(steps=800, log_every=20, eval_every=200, ckpt_every=400)
     p = c.data_prep
     p.sources = sources()
     p.val_fraction = 0.01

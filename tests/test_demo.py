@@ -35,7 +35,7 @@ def test_demo_learns_far_below_the_unigram_entropy(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "## 2. Pretraining" in (tmp_path / "report.md").read_text()
 
-    # `sample` continues prompts from the run's checkpoint; greedy decoding is deterministic.
+    # `sample` continues a batch of prompts from the run's checkpoint.
     tokenizer = f"--config.data.tokenizer={tmp_path / 'tokenizer.model'}"
     args = ("sample", "--config=configs/demo.py", f"--checkpoint={tmp_path / 'pretrain'}", tokenizer)
     greedy = (
@@ -44,11 +44,10 @@ def test_demo_learns_far_below_the_unigram_entropy(tmp_path):
         "--config.sample.temperature=0",
         "--config.sample.max_new_tokens=24",
     )
-    first, second = run_cli(*args, *greedy), run_cli(*args, *greedy)
+    first = run_cli(*args, *greedy)
     assert first.returncode == 0, first.stderr[-3000:]
-    assert (
-        first.stdout == second.stdout and "--- 'ROMEO:'\nROMEO:" in first.stdout and "--- 'JULIET:\\nO'" in first.stdout
-    )
+    romeo = first.stdout.split("--- 'ROMEO:'\nROMEO:")[1].split("--- ")[0]
+    assert romeo.strip() and "--- 'JULIET:\\nO'\nJULIET:\nO" in first.stdout
     out = run_cli(*args)
     assert (
         out.returncode == 2

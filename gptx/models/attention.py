@@ -95,27 +95,30 @@ def cached_attention(
     kv_mask: jax.Array,
     window: int | None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Attention of T new tokens (q, k, v [B, T, N, H]) over a KV cache ({"k", "v"}: [B, S, N, H]).
+    """Attention of T new tokens (q, k, v [B, T, N, H]) over a KV cache ({"k", "v"}: [B, N, S, H]).
 
     The new keys and values go to slots cache_index .. cache_index + T - 1. A query attends to the slots up to
     its own that kv_mask [B, S] marks as real tokens (left padding is not) and, for banded layers, to the last
     `window` slots only: real tokens occupy consecutive slots after the padding, so slot distance is token
     distance. Returns (y [B, T, N, H], the updated cache).
     """
-    start = (0, cache_index, 0, 0)
-    k_all = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start)
-    v_all = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)
-    k_all = nn.with_logical_constraint(k_all, ("batch", "length", "act_heads", "kv"))
-    v_all = nn.with_logical_constraint(v_all, ("batch", "length", "act_heads", "kv"))
+    # The cache keeps heads before positions ([B, N, S, H]), so each head's keys are contiguous for q.K.
+    start = (0, 0, cache_index, 0)
+    k_all = jax.lax.dynamic_update_slice(cache["k"], k.transpose(0, 2, 1, 3).astype(cache["k"].dtype), start)
+    v_all = jax.lax.dynamic_update_slice(cache["v"], v.transpose(0, 2, 1, 3).astype(cache["v"].dtype), start)
+    k_all = nn.with_logical_constraint(k_all, ("batch", "act_heads", "length", "kv"))
+    v_all = nn.with_logical_constraint(v_all, ("batch", "act_heads", "length", "kv"))
     q_slot = cache_index + jnp.arange(q.shape[1])[:, None]  # [T, 1]
-    k_slot = jnp.arange(k_all.shape[1])[None, :]  # [1, S]
+    k_slot = jnp.arange(k_all.shape[2])[None, :]  # [1, S]
     visible = k_slot <= q_slot
     if window is not None:
         visible &= k_slot > q_slot - window
     # A padding query sees itself, so no softmax row is empty; no real query ever sees a padding slot.
     mask = (visible[None, None] & kv_mask[:, None, None, :]) | (k_slot == q_slot)[None, None]  # [B, 1, T, S]
-    # XLA's implementation: the fused kernels take causal and band masks, not a cache mask of this shape.
-    y = jax.nn.dot_product_attention(q, k_all.astype(q.dtype), v_all.astype(q.dtype), mask=mask)
+    scale = 1.0 / jnp.sqrt(jnp.float32(q.shape[-1]))
+    logits = jnp.einsum("btnh,bnsh->bnts", q, k_all.astype(q.dtype)).astype(jnp.float32) * scale
+    probs = jax.nn.softmax(jnp.where(mask, logits, jnp.finfo(jnp.float32).min), axis=-1)
+    y = jnp.einsum("bnts,bnsh->btnh", probs.astype(v_all.dtype), v_all).astype(q.dtype)
     return y, {"k": k_all, "v": v_all}
 
 
@@ -149,7 +152,7 @@ class CausalSelfAttention(nn.Module):
     ) -> tuple[jax.Array, dict[str, jax.Array] | None]:
         """x [B, T, D] -> (y [B, T, D], updated cache or None).
 
-        Without a cache, tokens attend causally within their segment. With a cache ({"k", "v"}: [B, S, N, H]),
+        Without a cache, tokens attend causally within their segment. With a cache ({"k", "v"}: [B, N, S, H]),
         x holds the tokens of cache slots cache_index .. cache_index + T - 1: their keys and values are written
         there, and they attend to every earlier slot that kv_mask [B, S] marks as a real token.
         """

@@ -16,7 +16,7 @@ from flax import linen as nn
 
 from gptx.models.attention import CausalSelfAttention, token_einsum
 
-# One layer's KV cache: {"k": [B, S, N, H], "v": [B, S, N, H]}; a model's cache maps layer names to these
+# One layer's KV cache: {"k": [B, N, S, H], "v": [B, N, S, H]}; a model's cache maps layer names to these
 # (stacked along a leading layer-group axis under "layers" when the layers are scanned).
 Cache = dict[str, jax.Array]
 
@@ -311,10 +311,10 @@ class GPT(nn.Module):
 def init_cache(cfg: GPTConfig, batch: int, length: int) -> dict:
     """An empty KV cache for `batch` sequences of up to `length` tokens, laid out as GPT's layers are.
 
-    Each layer holds {"k", "v"}: [batch, length, n_head, head_dim] in the compute dtype; scanned layers stack
-    them as [n_groups, batch, length, n_head, head_dim] under "layers".
+    Each layer holds {"k", "v"}: [batch, n_head, length, head_dim] in the compute dtype; scanned layers stack
+    them as [n_groups, batch, n_head, length, head_dim] under "layers".
     """
-    shape = (batch, length, cfg.n_head, cfg.head_dim)
+    shape = (batch, cfg.n_head, length, cfg.head_dim)
     if cfg.scan_layers:
         group = _group_size(cfg)
         shape = (cfg.n_layer // group, *shape)
