@@ -167,6 +167,7 @@ def decode(
         cache_index=0,
         kv_mask=kv_mask,
         input_embeds=prompt_embeds,
+        last_only=True,
     )
 
     def cond(carry):

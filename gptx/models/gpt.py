@@ -223,7 +223,8 @@ class GPT(nn.Module):
 
     Call with tokens [B, T] (int), optional positions [B, T] (per-segment positions of packed sequences) and
     segment_ids [B, T] (documents numbered from 1, 0 = padding); returns logits [B, T, vocab] in float32,
-    or the final hidden states [B, T, D] when `return_hidden`.
+    or the final hidden states [B, T, D] when `return_hidden`; with `last_only`, those of the last position
+    ([B, 1, ...]).
 
     Decoding passes a KV cache (from `init_cache`) with `cache_index` (the cache slot of tokens[:, 0]) and
     `kv_mask` [B, S] (True where a slot holds a real token, including the ones being written); the call then
@@ -242,6 +243,7 @@ class GPT(nn.Module):
         *,
         deterministic: bool = True,
         return_hidden: bool = False,
+        last_only: bool = False,
         cache: dict | None = None,
         cache_index: jax.Array | None = None,
         kv_mask: jax.Array | None = None,
@@ -274,6 +276,8 @@ class GPT(nn.Module):
         x, cache = self._layers(x, segment_ids, deterministic, cache, cache_index, kv_mask)
         if cfg.pre_ln:
             x = _layer_norm(cfg, "ln_f")(x)
+        if last_only:  # a prefill needs the next-token logits of the last position only
+            x = x[:, -1:]
         if not return_hidden:
             x = token_einsum("btd,vd->btv", x, wte.astype(cfg.dtype))
             x = nn.with_logical_constraint(x, ("batch", "length", "act_vocab")).astype(jnp.float32)
