@@ -20,7 +20,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from gptx import mesh as mesh_lib
 from gptx.data import tokenizer as tokenizer_lib
@@ -34,12 +34,6 @@ def data_path(cfg: ml_collections.ConfigDict, rel: str) -> str:
     root = cfg.rlhf.data_dir
     root = root if os.path.isabs(root) else os.path.join(REPO, root)
     return os.path.normpath(os.path.join(root, rel))
-
-
-def positions_from_mask(mask: jax.Array) -> jax.Array:
-    """Positions [B, T] counting real tokens only: a left-padded row starts at 0 on its first real token."""
-    m = mask.astype(jnp.int32)
-    return jnp.maximum(jnp.cumsum(m, axis=-1) - 1, 0)
 
 
 def last_index(mask: jax.Array) -> jax.Array:
@@ -102,22 +96,17 @@ def checkpoint_step(workdir: str) -> int:
 def load_params(workdir: str, mesh: Mesh, key: str = "") -> Any:
     """Params of a stage's checkpoint in WORKDIR (`key`: a sub-state such as "policy" of a PPO run), shapes and
     dtypes read from the checkpoint itself, replicated on `mesh` (callers reshard with `jax.device_put`)."""
-    path = os.path.join(os.path.abspath(workdir), "checkpoints")
+    from gptx.train import loop
+
     step = checkpoint_step(workdir)
-    mngr = ocp.CheckpointManager(path, item_handlers={"state": ocp.StandardCheckpointHandler()})
-    meta = mngr.item_metadata(step)["state"]
-    tree = getattr(meta, "tree", meta)
-    replicated = NamedSharding(mesh, PartitionSpec())
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=replicated), tree)
-    state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
-    mngr.close()
+    state, _ = loop.restore_saved_state(workdir, mesh, step)
     if not key and "params" not in state and "policy" in state:
         key = "policy"  # a PPO run's workdir: its policy
     if key:
         if key not in state:
-            raise FileNotFoundError(f"{path} step {step} has no {key!r} state: is {workdir} the right stage's workdir?")
+            raise FileNotFoundError(f"{workdir} step {step} has no {key!r} state: is it the right stage's workdir?")
         state = state[key]
-    logging.info("loaded params of step %d from %s", step, path)
+    logging.info("loaded params of step %d from %s", step, workdir)
     return state["params"]
 
 

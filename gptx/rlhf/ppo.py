@@ -48,6 +48,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from gptx import config as config_lib
 from gptx import mesh as mesh_lib
+from gptx import sample
 from gptx.data import loader, sources
 from gptx.models import GPT, GPTConfig
 from gptx.rlhf import common, data, labeler, reward, sft
@@ -200,7 +201,7 @@ def full_sequence(prompt: jax.Array, prompt_mask: jax.Array, response: jax.Array
     attended to (those after EOS come after everything that counts), padding is not, positions skip it."""
     tokens = jnp.concatenate([prompt, response], axis=1)
     mask = jnp.concatenate([prompt_mask.astype(bool), jnp.ones(response.shape, bool)], axis=1)
-    return tokens, mask, common.positions_from_mask(mask)
+    return tokens, mask, sample.positions_from_mask(mask)
 
 
 def response_logprobs(model: GPT, params, tokens, mask, positions, n: int, temperature: float):
@@ -437,8 +438,6 @@ class PromptStream:
 
 def prompt_arrays(tok, prompts: list[str], max_prompt_len: int) -> dict[str, np.ndarray]:
     """Left-padded [B, max_prompt_len] prompt tokens and mask."""
-    from gptx import sample
-
     tokens, mask = sample.left_pad([data.encode_prompt(tok, p, max_prompt_len) for p in prompts], tok.pad_id)
     tokens, mask = common._pad_to(tokens, mask, max_prompt_len, tok.pad_id)
     return {"prompt": tokens.astype(np.int32), "prompt_mask": mask.astype(bool)}

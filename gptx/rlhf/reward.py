@@ -36,6 +36,7 @@ from jax.sharding import Mesh
 from gptx import config as config_lib
 from gptx import flops as flops_lib
 from gptx import mesh as mesh_lib
+from gptx import sample
 from gptx.config import ConfigError
 from gptx.data import tokenizer as tokenizer_lib
 from gptx.models import GPT, GPTConfig
@@ -78,7 +79,7 @@ def sequence_scores(model: RewardModel, params, tokens: jax.Array, mask: jax.Arr
     per_token = model.apply(
         {"params": params},
         tokens,
-        common.positions_from_mask(mask),
+        sample.positions_from_mask(mask),
         mask.astype(jnp.int32),
         deterministic=deterministic,
         rngs=None if deterministic else {"dropout": rng},

@@ -35,11 +35,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from absl import logging
 from flax import linen as nn
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from gptx import config as config_lib
 from gptx import flops as flops_lib
@@ -265,19 +264,14 @@ def grow_embedding(wte: jax.Array, vocab_size: int, rng: jax.Array, std: float =
 def load_pretrained_params(workdir: str, mesh: Mesh) -> dict[str, Any]:
     """The GPT params of the latest checkpoint in WORKDIR/checkpoints, shapes read from the checkpoint itself
     (so its vocabulary may be smaller than the fine-tuning model's), replicated on `mesh`."""
-    path = os.path.join(os.path.abspath(workdir), "checkpoints")
-    mngr = ocp.CheckpointManager(path, item_handlers={"state": ocp.StandardCheckpointHandler()})
-    step = mngr.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"config.finetune.init_from: no checkpoint in {path}; pretrain or convert first")
-    meta = mngr.item_metadata(step)["state"]
-    tree = getattr(meta, "tree", meta)
-    replicated = NamedSharding(mesh, PartitionSpec())
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=replicated), tree)
-    restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
-    mngr.close()
-    logging.info("loaded pretrained params of step %d from %s", step, path)
-    return restored["state"]["params"]
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")) or not os.listdir(os.path.join(workdir, "checkpoints")):
+        raise FileNotFoundError(
+            f"config.finetune.init_from: no checkpoint in {os.path.abspath(workdir)}/checkpoints; pretrain or "
+            "convert first"
+        )
+    state, step = loop.restore_saved_state(workdir, mesh)
+    logging.info("loaded pretrained params of step %d from %s", step, workdir)
+    return state["params"]
 
 
 def merge_pretrained(boxed: Any, pretrained: Any, rng: jax.Array, init_std: float) -> Any:

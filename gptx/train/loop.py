@@ -150,6 +150,24 @@ def restore_latest_state(
     return mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
 
 
+def restore_saved_state(workdir: str, mesh: Mesh, step: int | None = None) -> tuple[Any, int]:
+    """(state, step) of checkpoint `step` (None: the latest) in WORKDIR/checkpoints, with the shapes and dtypes
+    the checkpoint itself records (no model needed), replicated on `mesh`; callers reshard with device_put."""
+    path = os.path.join(os.path.abspath(workdir), "checkpoints")
+    mngr = ocp.CheckpointManager(path, item_handlers={"state": ocp.StandardCheckpointHandler()})
+    step = mngr.latest_step() if step is None else step
+    if step is None:
+        mngr.close()
+        raise FileNotFoundError(f"no checkpoint in {path}")
+    meta = mngr.item_metadata(step)["state"]
+    tree = getattr(meta, "tree", meta)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=replicated), tree)
+    state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+    mngr.close()
+    return state, step
+
+
 def train(trainer: Trainer, config, workdir: str, mesh: Mesh) -> LoopResult:
     """Runs `config.train.steps` optimizer steps in total (resuming from WORKDIR/checkpoints if present).
 
