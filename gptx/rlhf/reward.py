@@ -19,6 +19,7 @@ means the same thing for any RM. Reported: pairwise accuracy on held-out compari
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -173,6 +174,9 @@ def normalisation(raw_scores: np.ndarray) -> dict[str, float]:
 # A trained reward model, as later stages use it
 
 
+_jit_sequence_scores = jax.jit(sequence_scores, static_argnums=0)
+
+
 @dataclasses.dataclass
 class LoadedReward:
     model: RewardModel
@@ -182,7 +186,7 @@ class LoadedReward:
 
     def raw_scores(self, tokens: np.ndarray, mask: np.ndarray, mesh: Mesh, batch_size: int) -> np.ndarray:
         """r(x, y) of [N, T] host sequences, in batches of `batch_size` rows (the last one padded)."""
-        score = jax.jit(lambda p, t, m: sequence_scores(self.model, p, t, m))
+        score = functools.partial(_jit_sequence_scores, self.model)  # compiled once per model and shape
         out = []
         for start in range(0, len(tokens), batch_size):
             t, m = tokens[start : start + batch_size], mask[start : start + batch_size]
