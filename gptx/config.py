@@ -195,6 +195,7 @@ def default() -> ml_collections.ConfigDict:
     c.sample.top_p = 1.0  # nucleus mass; 1: off
     c.sample.stop = ("\n\n",)  # stop strings; () for none. EOS always stops a row
     c.sample.seed = 0
+    c.sample.cache_segment = 32  # decode the first N new tokens over a short KV cache, doubling after; 0: off
     c.sample.batch_size = 0  # prompts decoded together; 0: all
 
     # GPT-4V-style vision (gptx/train/vision.py): `train` with vision.task = "clip" aligns a ViT to a GPT text tower

@@ -1,11 +1,12 @@
 """Batched autoregressive decoding over an explicit KV cache.
 
 `decode` is one jit-compiled program: a prefill of the left-padded prompts writes their keys and values into
-the cache, then a `while_loop` appends one token per step until every row has stopped or `max_new_tokens` are
-out. Positions come from the prompt mask, so a left-padded prompt sees the same positions as the unpadded one.
-Each row samples with its own key (`fold_in(row key, step)`), so a prompt's continuation does not depend on the
-batch it was decoded in. `generate` is the host-side wrapper: it pads and batches token lists, applies stop
-strings and returns Python lists.
+the cache, then `while_loop`s append one token per step until every row has stopped or `max_new_tokens` are
+out; the cache grows between loops (`segment_bounds`), so early steps read a short cache. Positions come from
+the prompt mask, so a left-padded prompt sees the same positions as the unpadded one. Each row samples with
+its own key (`fold_in(row key, step)`), so a prompt's continuation does not depend on the batch it was decoded
+in. `generate` is the host-side wrapper: it pads and batches token lists, applies stop strings and returns
+Python lists.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from gptx import mesh as mesh_lib
-from gptx.models.gpt import GPT, init_cache
+from gptx.models.gpt import GPT, grow_cache, init_cache
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +38,7 @@ class SamplingConfig:
     stop: tuple[str, ...] = ()  # host-side stop strings (need a tokenizer in `generate`)
     seed: int = 0
     pad_id: int = 0  # written after a row has stopped
+    cache_segment: int = 32  # new tokens decoded over the shortest KV cache, later segments double; 0: one loop
 
 
 def sampling_from_config(c: Any, eos_id: int | None = None, pad_id: int = 0) -> SamplingConfig:
@@ -60,6 +62,7 @@ def sampling_from_config(c: Any, eos_id: int | None = None, pad_id: int = 0) -> 
         stop=tuple(c.stop),
         seed=c.seed,
         pad_id=pad_id,
+        cache_segment=c.get("cache_segment", SamplingConfig.cache_segment),
     )
 
 
@@ -129,6 +132,19 @@ def _logprob_of(logp: jax.Array, tokens: jax.Array) -> jax.Array:
     return jnp.take_along_axis(logp, tokens[:, None], axis=-1)[:, 0]
 
 
+def segment_bounds(max_new_tokens: int, first: int) -> tuple[int, ...]:
+    """Ends of the decoding segments, in new tokens: first, 2 first, 4 first, ..., max_new_tokens.
+
+    Segment k attends over a cache of prompt + bounds[k] slots. Doubling keeps the number of compiled loops
+    logarithmic in the budget while no step reads more than about twice the slots it needs. first <= 0: one
+    segment over the whole budget.
+    """
+    bounds = [min(first, max_new_tokens) if first > 0 else max_new_tokens]
+    while bounds[-1] < max_new_tokens:
+        bounds.append(min(2 * bounds[-1], max_new_tokens))
+    return tuple(bounds)
+
+
 @functools.partial(jax.jit, static_argnames=("model", "sampling"))
 def decode(
     model: GPT,
@@ -158,21 +174,18 @@ def decode(
     keys = rng if rng.ndim == 1 else jax.random.split(rng, b)
     prompt_mask = prompt_mask.astype(bool)
     lengths = prompt_mask.sum(axis=1).astype(jnp.int32)  # [B]
-    kv_mask = jnp.zeros((b, p + n), bool).at[:, :p].set(prompt_mask)
+    bounds = segment_bounds(n, sampling.cache_segment)
+    kv_mask = jnp.zeros((b, p + bounds[0]), bool).at[:, :p].set(prompt_mask)
     logits, cache = model.apply(
         {"params": params},
         prompt_tokens,
         positions_from_mask(prompt_mask),
-        cache=init_cache(model.cfg, b, p + n),
+        cache=init_cache(model.cfg, b, p + bounds[0]),
         cache_index=0,
         kv_mask=kv_mask,
         input_embeds=prompt_embeds,
         last_only=True,
     )
-
-    def cond(carry):
-        i, *_, done = carry
-        return (i < n) & ~jnp.all(done)
 
     def body(carry):
         i, cache, kv_mask, logits, tokens, logprobs, valid, done = carry
@@ -204,7 +217,15 @@ def decode(
         jnp.zeros((b, n), bool),
         jnp.zeros((b,), bool),
     )
-    _, _, _, _, tokens, logprobs, valid, _ = jax.lax.while_loop(cond, body, carry)
+    # One while_loop per segment of new tokens, each over a cache just long enough for it: a decoding step
+    # reads the whole cache, so this reads about a quarter less than one loop over the full-length cache.
+    for k, stop in enumerate(bounds):
+        if k:
+            i, cache, kv_mask, *rest = carry
+            kv_mask = jnp.pad(kv_mask, ((0, 0), (0, stop - bounds[k - 1])))
+            carry = (i, grow_cache(cache, p + stop), kv_mask, *rest)
+        carry = jax.lax.while_loop(lambda c, stop=stop: (c[0] < stop) & ~jnp.all(c[-1]), body, carry)
+    _, _, _, _, tokens, logprobs, valid, _ = carry
     return Decoded(tokens, logprobs, valid)
 
 

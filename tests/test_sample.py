@@ -61,12 +61,12 @@ def test_cached_logits_equal_the_full_forward_at_every_step(overrides):
     np.testing.assert_allclose(np.stack(steps, 1), full[:, p - 1 :], atol=1e-4, rtol=1e-4)
 
 
-def test_greedy_decode_equals_argmax_of_the_full_forward_with_its_logprobs():
+@pytest.mark.parametrize("cache_segment", [0, 3], ids=["one-loop", "growing-cache"])
+def test_greedy_decode_equals_argmax_of_the_full_forward_with_its_logprobs(cache_segment):
     model, params = _model()
     tokens, mask = sample.left_pad(PROMPTS)
-    out = sample.decode(
-        model, params, tokens, mask, jax.random.key(0), sample.SamplingConfig(max_new_tokens=8, temperature=0.0)
-    )
+    sampling = sample.SamplingConfig(max_new_tokens=13, temperature=0.0, cache_segment=cache_segment)
+    out = sample.decode(model, params, tokens, mask, jax.random.key(0), sampling)
     # Greedy decoding, teacher-forced on its own output, must pick the argmax at every step.
     seq = np.concatenate([tokens, np.asarray(out.tokens)], 1)
     seq_mask = np.concatenate([mask, np.ones(out.tokens.shape, bool)], 1)
@@ -76,6 +76,13 @@ def test_greedy_decode_equals_argmax_of_the_full_forward_with_its_logprobs():
         out.logprobs, np.take_along_axis(logp, np.asarray(out.tokens)[..., None], -1)[..., 0], atol=1e-4
     )
     assert out.mask.all()
+
+
+def test_decoding_segments_double_and_end_at_the_budget():
+    assert sample.segment_bounds(13, 3) == (3, 6, 12, 13)
+    assert sample.segment_bounds(128, 32) == (32, 64, 128)
+    assert sample.segment_bounds(20, 32) == (20,)
+    assert sample.segment_bounds(20, 0) == (20,)
 
 
 def test_a_left_padded_prompt_decodes_as_it_does_alone():

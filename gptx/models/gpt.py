@@ -327,3 +327,16 @@ def init_cache(cfg: GPTConfig, batch: int, length: int) -> dict:
         }
         return {"layers": layers}
     return {f"h_{i}": {"k": jnp.zeros(shape, cfg.dtype), "v": jnp.zeros(shape, cfg.dtype)} for i in range(cfg.n_layer)}
+
+
+def grow_cache(cache: dict, length: int) -> dict:
+    """`cache` (from `init_cache`) with its slot axis zero-padded to `length`; the filled slots keep their
+    contents and indices. Decoding grows the cache in steps so that early tokens attend over short caches."""
+
+    def grow(c: jax.Array) -> jax.Array:
+        extra = length - c.shape[-2]  # slots are the second-last axis in both layouts
+        if extra < 0:
+            raise ValueError(f"cannot shrink a KV cache of {c.shape[-2]} slots to {length}")
+        return jnp.pad(c, [(0, 0)] * (c.ndim - 2) + [(0, extra), (0, 0)])
+
+    return jax.tree.map(grow, cache)
