@@ -13,7 +13,7 @@ from jax.sharding import PartitionSpec
 
 from gptx import mesh as mesh_lib
 from gptx import sample
-from gptx.rlhf import common, ppo
+from gptx.rlhf import common, objective, ppo
 
 P, N, B = 6, 5, 8  # prompt length (left-padded), response length, episodes
 
@@ -24,7 +24,7 @@ def test_gae_equals_a_reverse_python_loop():
     lengths = [7, 3, 1, 5]
     mask = np.arange(7)[None] < np.asarray(lengths)[:, None]
     gamma, lam = 0.9, 0.95
-    adv, ret = ppo.gae(jnp.asarray(rewards), jnp.asarray(values), jnp.asarray(mask), gamma, lam)
+    adv, ret = objective.gae(jnp.asarray(rewards), jnp.asarray(values), jnp.asarray(mask), gamma, lam)
     for b, n in enumerate(lengths):
         last = 0.0
         for t in reversed(range(n)):
@@ -38,11 +38,11 @@ def test_gae_equals_a_reverse_python_loop():
 def test_whitening_uses_the_masked_entries_only():
     x = np.random.default_rng(1).normal(2.0, 3.0, size=(3, 6))
     mask = np.arange(6)[None] < np.asarray([[6], [2], [4]])
-    w = np.asarray(ppo.whiten(jnp.asarray(x), jnp.asarray(mask)))
+    w = np.asarray(objective.whiten(jnp.asarray(x), jnp.asarray(mask)))
     real = x[mask]
     np.testing.assert_allclose(w[mask], (real - real.mean()) / np.sqrt(real.var() + 1e-8), rtol=1e-5)
     assert not np.any(w[~mask])
-    kept = np.asarray(ppo.whiten(jnp.asarray(x), jnp.asarray(mask), shift_mean=False))
+    kept = np.asarray(objective.whiten(jnp.asarray(x), jnp.asarray(mask), shift_mean=False))
     np.testing.assert_allclose(kept[mask].mean(), real.mean(), rtol=1e-5)
 
 
@@ -50,15 +50,15 @@ def test_clipped_policy_and_value_losses_match_hand_computed_cases():
     mask = jnp.ones((1, 4), bool)
     adv = jnp.asarray([[1.0, -1.0, 1.0, -1.0]])
     ratio = jnp.asarray([[1.5, 1.5, 0.5, 0.5]])
-    loss, clipfrac, _ = ppo.policy_loss(jnp.log(ratio), jnp.zeros((1, 4)), adv, mask, 0.2)
+    loss, clipfrac, _ = objective.policy_loss(jnp.log(ratio), jnp.zeros((1, 4)), adv, mask, 0.2)
     # max(-Aρ, -A clip(ρ)): -1.2 (gain capped at 1.2), 1.5 (loss not capped), -0.5, 0.8
     np.testing.assert_allclose(loss, (-1.2 + 1.5 - 0.5 + 0.8) / 4, rtol=1e-6)
     assert float(clipfrac) == 1.0
-    inside, frac_inside, _ = ppo.policy_loss(jnp.log(jnp.full((1, 4), 1.1)), jnp.zeros((1, 4)), adv, mask, 0.2)
+    inside, frac_inside, _ = objective.policy_loss(jnp.log(jnp.full((1, 4), 1.1)), jnp.zeros((1, 4)), adv, mask, 0.2)
     np.testing.assert_allclose(inside, 0.0, atol=1e-7)
     assert float(frac_inside) == 0.0
     v = jnp.asarray([[0.5, -0.5]])
-    vl, _ = ppo.value_loss(v, jnp.zeros((1, 2)), jnp.ones((1, 2)), jnp.ones((1, 2), bool), 0.2)
+    vl, _ = objective.value_loss(v, jnp.zeros((1, 2)), jnp.ones((1, 2)), jnp.ones((1, 2), bool), 0.2)
     # clipped values 0.2 and -0.2: max(0.25, 0.64) and max(2.25, 1.44)
     np.testing.assert_allclose(vl, 0.5 * (0.64 + 2.25) / 2, rtol=1e-6)
 
@@ -67,7 +67,7 @@ def test_kl_penalty_is_per_token_and_the_score_sits_on_the_last_real_token():
     logp = jnp.asarray([[-1.0, -2.0, -0.5, -3.0], [-1.0, -1.0, -1.0, -1.0]])
     ref = jnp.asarray([[-1.5, -1.0, -0.5, -9.0], [-2.0, -2.0, -2.0, -2.0]])
     mask = jnp.asarray([[1, 1, 1, 0], [1, 0, 0, 0]], bool)  # EOS at t = 2 and t = 0
-    rewards, kl = ppo.kl_rewards(jnp.asarray([10.0, 20.0]), logp, ref, mask, 0.5)
+    rewards, kl = objective.kl_rewards(jnp.asarray([10.0, 20.0]), logp, ref, mask, 0.5)
     np.testing.assert_allclose(kl, [[0.5, -1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]])
     np.testing.assert_allclose(rewards, [[-0.25, 0.5, 10.0, 0.0], [-0.5 + 20.0, 0.0, 0.0, 0.0]])
 
@@ -76,8 +76,8 @@ def test_adaptive_kl_controller_follows_ziegler_et_al():
     for kl, target, n, horizon in ((9.0, 6.0, 64, 10000), (1.0, 6.0, 512, 1000), (6.3, 6.0, 32, 100)):
         err = np.clip(kl / target - 1, -0.2, 0.2)
         expect = 0.1 * (1 + err * n / horizon)
-        np.testing.assert_allclose(ppo.update_kl_coef(0.1, kl, n, target, horizon, True), expect, rtol=1e-6)
-    assert ppo.update_kl_coef(0.1, 50.0, 64, 6.0, 100, False) == 0.1  # fixed β
+        np.testing.assert_allclose(objective.update_kl_coef(0.1, kl, n, target, horizon, True), expect, rtol=1e-6)
+    assert objective.update_kl_coef(0.1, 50.0, 64, 6.0, 100, False) == 0.1  # fixed β
 
 
 def setup(mesh, **rlhf):
