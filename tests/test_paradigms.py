@@ -17,15 +17,35 @@ def test_english_pretraining_is_a_valid_init_for_sst2_fine_tuning_and_never_sees
 
     english, sst2 = load_config("english"), load_config("finetune", "sst2")
     config.validate(english, 8)
-    # finetune.init_from loads every GPT parameter by shape: the body must match, the vocabulary grow by exactly
-    # the three fine-tuning tokens (start, delim, extract).
+    # finetune.init_from loads every GPT parameter by shape: the body must match, and the pretrained token table
+    # cover the tokenizer, to which fine-tuning appends exactly the three tokens (start, delim, extract).
     for key in ("arch", "n_layer", "n_head", "d_model", "block_size"):
         assert english.model[key] == sst2.model[key], key
-    assert sst2.model.vocab_size == english.tokenizer.vocab_size + 3 == english.model.vocab_size + 3
+    assert english.model.vocab_size == english.tokenizer.vocab_size
+    assert sst2.model.vocab_size == sst2.tokenizer.vocab_size + 3
     # GPT-3-style decontamination removes SST-2's evaluation sentences from the pretraining text.
     files = english.data_prep.decontam.task_files
     assert any(f.endswith("sst2/dev.tsv") for f in files) and any(f.endswith("sst2/test-labeled.tsv") for f in files)
     assert not any("sst2" in s["path"] for s in english.data_prep.sources)
+
+
+@needs_sst2
+def test_review_pretraining_reads_sst2_training_text_without_labels_and_never_its_eval_text():
+    import csv
+
+    from gptx.data import readers
+
+    english = load_config("english", "reviews")
+    assert set(english.data_prep.decontam.task_files) == set(load_config("english").data_prep.decontam.task_files)
+    (src,) = [s for s in english.data_prep.sources if "sst2" in s["path"]]
+    assert src["path"].endswith("sst2/train_full.tsv")  # the training split only
+    records, _ = readers.read_source(readers.Source.from_dict({**src, "limit": 300}, "sst2_text"))
+    path = readers.resolve_path(src["path"])
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[:300]
+    # Each document is a training sentence as written, and no label is attached to it.
+    assert [r["text"].strip() for r in records] == [row["sentence"].strip() for row in rows]
+    assert not any(r["text"].rstrip().endswith(("\t0", "\t1")) for r in records)
 
 
 @needs_sst2
