@@ -1,5 +1,7 @@
 """KV-cache decoding: the cache reproduces the full forward pass; sampling settings do what they say."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -173,8 +175,10 @@ def test_sharded_decoding_equals_single_device():
     mesh = mesh_lib.make_mesh(cfg.mesh)
     abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"])
     sharded = jax.device_put(params, mesh_lib.tree_shardings(mesh, abstract))
-    sampling = sample.SamplingConfig(8, temperature=1.0, seed=1)
+    sampling = sample.SamplingConfig(8, temperature=1.0, seed=1, cache_segment=0)
     one = sample.generate(model, params, PROMPTS, sampling)
-    many = sample.generate(model, sharded, PROMPTS, sampling, mesh=mesh)  # 3 prompts padded to 4 rows
+    # 3 prompts padded to 4 rows; the sharded cache also grows between segments of 3, 6 and 8 tokens.
+    grown = dataclasses.replace(sampling, cache_segment=3)
+    many = sample.generate(model, sharded, PROMPTS, grown, mesh=mesh)
     assert one.tokens == many.tokens
     np.testing.assert_allclose(np.concatenate(one.logprobs), np.concatenate(many.logprobs), atol=1e-4)
