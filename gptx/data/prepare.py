@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from gptx.config import ConfigError
 from gptx.data import clean, decontam, dedup, mix, quality, readers, records, summary
+from gptx.train import logs
 
 STAGES = ("read", "normalize", "filter", "exact_dedup", "fuzzy_dedup", "quality", "decontam", "mix")
 SNIPPET = 120  # characters of a document shown in the report
@@ -444,14 +445,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
         "shards": shards,
         "config": cfg.data_prep.to_dict(),
     }
-    _write_json(os.path.join(out, "report.json"), report)
+    logs.write_json(os.path.join(out, "report.json"), report)
     with open(os.path.join(out, "summary.md"), "w") as f:
         f.write(summary.markdown(report))
     return report
-
-
-def _write_json(path: str, obj: dict) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, default=str)
-    os.replace(tmp, path)

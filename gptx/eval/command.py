@@ -7,7 +7,6 @@ default WORKDIR/eval_results.json.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Any
@@ -22,6 +21,7 @@ from gptx.eval import harness
 from gptx.eval import metrics as M
 from gptx.eval import tasks as T
 from gptx.eval.requests import LM
+from gptx.train import logs
 
 RESULTS = "eval_results.json"
 
@@ -123,7 +123,6 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     if jax.process_index() == 0:
         print(harness.format_table(out["results"]))
         path = cfg.eval.output or os.path.join(workdir, RESULTS)
-        with open(path, "w") as f:
-            json.dump(out, f, indent=1, default=str)
+        logs.write_json(path, out)
         print(f"results -> {path}")
     return out

@@ -30,7 +30,6 @@ Checkpoints (policy, value, β and the pretraining-data position) and metrics us
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from typing import Any
@@ -527,9 +526,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, mesh: Mesh | None = None) 
         state = iterate(cfg, workdir, mesh, models, hp, state, frozen, tok, stream, mngr, ptx_it)
         results = evaluate(cfg, mesh, models, hp, state, frozen, tok, test_p[: r.eval_prompts])
     results.update(prompts=source, train_prompts=len(train_p), iterations=int(state.iteration))
+    logs.write_json(os.path.join(workdir, RESULTS), results)
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, RESULTS), "w") as f:
-            json.dump(results, f, indent=2)
         print(summary_line(results))
     return results
 

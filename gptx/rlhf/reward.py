@@ -43,7 +43,7 @@ from gptx.data import tokenizer as tokenizer_lib
 from gptx.models import GPT, GPTConfig
 from gptx.models.heads import ClassifierHead
 from gptx.rlhf import common, data, labeler, sft
-from gptx.train import finetune, loop
+from gptx.train import finetune, logs, loop
 from gptx.train.state import TrainState, lr_schedule, make_optimizer
 
 RESULTS = "rm_results.json"
@@ -382,11 +382,9 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, mesh: Mesh | None = None) 
         "train_sample": on_train,
         "normalisation": norm,
     }
+    logs.write_json(os.path.join(workdir, NORM), norm)
+    logs.write_json(os.path.join(workdir, RESULTS), out)
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, NORM), "w") as f:
-            json.dump(norm, f, indent=2)
-        with open(os.path.join(workdir, RESULTS), "w") as f:
-            json.dump(out, f, indent=2)
         print(
             f"rm: held-out pairwise accuracy {held_out['pairwise_accuracy']:.4f} on {held_out['pairs']} pairs "
             f"(train sample {on_train['pairwise_accuracy']:.4f}); gain {norm['gain']:.4f} bias {norm['bias']:.4f}"

@@ -32,7 +32,7 @@ from gptx import mesh as mesh_lib
 from gptx.data import tokenizer as tokenizer_lib
 from gptx.models import GPT, GPTConfig
 from gptx.rlhf import common, data
-from gptx.train import finetune, lm, loop
+from gptx.train import finetune, lm, logs, loop
 from gptx.train.state import TrainState, lr_schedule, make_optimizer
 
 RESULTS = "sft_results.json"
@@ -116,9 +116,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, mesh: Mesh | None = None) 
     }
     if cfg.rlhf.select_from:
         out["selection"] = select_by_reward(run_cfg, workdir, model, tok, val_demos, mesh)
+    logs.write_json(os.path.join(workdir, RESULTS), out)
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, RESULTS), "w") as f:
-            json.dump(out, f, indent=2)
         print(
             f"sft: {out['steps']} steps on {len(train_demos)} demonstrations, validation loss "
             f"{out['final_val_loss'] or float('nan'):.4f} (response tokens only) -> {workdir}"
@@ -150,7 +149,5 @@ def select_by_reward(cfg: ml_collections.ConfigDict, workdir: str, model: GPT, t
             scores[step] = float(np.mean(rm.score_texts(model, params, tok, prompts, cfg, mesh)))
         logging.info("sft checkpoint %d: mean normalised reward %.4f", step, scores[step])
     best = max(scores, key=scores.get)
-    if jax.process_index() == 0:
-        with open(selected, "w") as f:
-            json.dump({"step": best, "reward": scores[best], "scores": scores}, f, indent=2)
+    logs.write_json(selected, {"step": best, "reward": scores[best], "scores": scores})
     return {"step": best, "scores": {str(k): v for k, v in scores.items()}}

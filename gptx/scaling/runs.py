@@ -25,6 +25,7 @@ from gptx.scaling.laws import (
     predict_chinchilla,
     predict_compute,
 )
+from gptx.train import logs
 
 # ------------------------------------------------------------------------------------------- config + sweep
 
@@ -148,8 +149,6 @@ def read_results(workdir: str) -> dict[str, dict]:
 
 def final_loss(run_dir: str, smooth: int) -> tuple[float, float]:
     """(mean of the last `smooth` eval losses, last train loss) from a run's metrics.jsonl (resumes deduplicated)."""
-    from gptx.train import logs
-
     evals, train = {}, {}
     for row in logs.read_metrics(run_dir):
         if "eval_loss" in row:
@@ -388,9 +387,7 @@ def fit_results(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
         "intervals": {k: interval([b[k] for b in boots], s.ci) for k in params if k != "objective"},
         "ci": s.ci,
     }
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "fit.json"), "w") as f:
-            json.dump(out, f, indent=1)
+    logs.write_json(os.path.join(workdir, "fit.json"), out)
     print(json.dumps(out))
     return out
 

@@ -24,7 +24,6 @@ batch 32, 3 epochs.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from typing import Any
@@ -47,7 +46,7 @@ from gptx.data import finetune_tasks as ft
 from gptx.data import tokenizer as tokenizer_lib
 from gptx.models import GPT, GPTConfig
 from gptx.models.heads import ClassifierHead
-from gptx.train import loop
+from gptx.train import logs, loop
 from gptx.train.state import TrainState, decay_mask
 
 NEG = -1e9  # logit of an unused class / choice slot
@@ -524,9 +523,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, mesh: Mesh | None = None) 
         "final_train_loss": last.get("loss"),
         "special_tokens": dataclasses.asdict(special),
     }
+    logs.write_json(os.path.join(workdir, RESULTS), out)
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, RESULTS), "w") as fh:
-            json.dump(out, fh, indent=2)
         for name, r in out["tasks"].items():
             print(f"{name}: dev accuracy {r['accuracy']:.4f} on {r['examples']} examples ({r['dev_file']})")
     return out

@@ -10,6 +10,17 @@ from typing import Any
 import jax
 
 
+def write_json(path: str, obj: Any) -> None:
+    """Writes `obj` as JSON to `path` on process 0 only, through a temporary file and a rename, so a reader
+    never sees half a file and an interrupted write leaves the previous one intact."""
+    if jax.process_index() != 0:
+        return
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, default=str)
+    os.replace(tmp, path)
+
+
 class MetricWriter:
     """Appends `{"step": s, ...}` lines to WORKDIR/metrics.jsonl and scalars to WORKDIR/tensorboard."""
 

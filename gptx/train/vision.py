@@ -18,7 +18,6 @@ to WORKDIR/vision_results.json.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any
 
@@ -481,7 +480,5 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, mesh: Mesh | None = None) 
     mesh = mesh or mesh_lib.make_mesh(cfg.mesh)
     os.makedirs(workdir, exist_ok=True)
     out = run_clip(cfg, workdir, mesh) if cfg.vision.task == "clip" else run_multimodal(cfg, workdir, mesh)
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, RESULTS), "w") as f:
-            json.dump(out, f, indent=1)
+    logs.write_json(os.path.join(workdir, RESULTS), out)
     return out
