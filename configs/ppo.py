@@ -10,8 +10,8 @@ of minibatches per rollout, dropout off. PPO-ptx mixes config.rlhf.ptx_coef time
 config.data.corpus batches into every policy update (InstructGPT: 27.8).
 """
 
-from gptx.rlhf import stage
+from gptx.rlhf import recipes
 
 
 def get_config(arg: str = ""):
-    return stage.step_config("ppo", arg)
+    return recipes.step_config("ppo", arg)

@@ -8,8 +8,8 @@ One epoch by default (the paper: more overfits); the reward's gain and bias then
 std 1 (WORKDIR/reward_norm.json). Held-out pairwise accuracy is printed and written to WORKDIR/rm_results.json.
 """
 
-from gptx.rlhf import stage
+from gptx.rlhf import recipes
 
 
 def get_config(arg: str = ""):
-    return stage.step_config("rm", arg)
+    return recipes.step_config("rm", arg)

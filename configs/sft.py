@@ -6,12 +6,12 @@ Usage: python -m gptx.main sft --config=configs/sft.py[:demo] --workdir=SFT_DIR 
   :demo          the offline sentiment task: continue two lines of the bundled corpus with the next line
 The model is the demo model (configs/demo.py), so `demo`'s WORKDIR/pretrain is a valid init_from (pass
 --config.data.tokenizer=WORKDIR/tokenizer.model); for another model pass its --config.model.* values.
-The recipe (gptx/rlhf/stage.py RECIPES): the paper's 16 epochs, cosine decay and residual dropout 0.2, the loss
+The recipe (gptx/rlhf/recipes.py RECIPES): the paper's 16 epochs, cosine decay and residual dropout 0.2, the loss
 on response tokens only, a learning rate for a tiny model; selection of the checkpoint by reward with select_from.
 """
 
-from gptx.rlhf import stage
+from gptx.rlhf import recipes
 
 
 def get_config(arg: str = ""):
-    return stage.step_config("sft", arg)
+    return recipes.step_config("sft", arg)

@@ -32,6 +32,9 @@ from jax.sharding import NamedSharding, PartitionSpec
 from gptx import config as config_lib
 from gptx import mesh as mesh_lib
 from gptx.config import ConfigError
+from gptx.train import checkpoints, lm, loop, pretrain
+from gptx.train import step as step_lib
+from gptx.train.state import lr_schedule
 
 GIB = 1024**3
 TPU_CHIPS = ("v4", "v5e", "v5p", "v6e")
@@ -171,25 +174,13 @@ def _step_and_state(cfg: ml_collections.ConfigDict, mesh: Any, key: jax.ShapeDty
 
     `key` is an abstract PRNG key: under a mesh of compile-only devices nothing may run, not even jax.random.key.
     """
-    from gptx.train import lm, loop, pretrain
-    from gptx.train.state import lr_schedule
 
     model, init_fn = pretrain.make_model(cfg)
-    shardings, state = loop.abstract_state(init_fn, mesh, key)
+    shardings, state = checkpoints.abstract_state(init_fn, mesh, key)
     batch = abstract_batch(cfg, mesh)
-    replicated = NamedSharding(mesh, PartitionSpec())
-    rng = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=replicated)
-    train_step = lm.make_train_step(model, cfg.train.grad_accum, lr_schedule(cfg.train))
-
-    def step_fn(state, batch, base_rng):  # as in loop.train: the dropout rng is a function of the step
-        return train_step(state, batch, jax.random.fold_in(base_rng, state.step))
-
-    jstep = jax.jit(
-        step_fn,
-        in_shardings=(shardings, batch["inputs"].sharding, replicated),
-        out_shardings=(shardings, replicated),
-        donate_argnums=(0,),
-    )
+    rng = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=NamedSharding(mesh, PartitionSpec()))
+    train_step = step_lib.make_train_step(lm.loss(model), grad_accum=cfg.train.grad_accum, lr_fn=lr_schedule(cfg.train))
+    jstep = loop.jit_step(train_step, shardings, batch["inputs"].sharding, mesh)  # exactly the loop's step
     return jstep, state, batch, rng, model
 
 
@@ -197,10 +188,8 @@ def _activation_residuals(cfg: ml_collections.ConfigDict, model: Any, state: Any
     """Global bytes of the residuals the backward pass keeps (after remat), excluding the inputs themselves."""
     from jax._src.ad_checkpoint import saved_residuals  # the list that jax.ad_checkpoint.print_saved_residuals prints
 
-    from gptx.train import lm
-
     def loss(params, batch, key):
-        return lm.lm_loss_sum(params, batch, key, model, False)[0]
+        return lm.lm_loss_sum(params, batch, key, model)[0]
 
     micro = cfg.train.grad_accum
     residuals = saved_residuals(loss, _unsharded(state.params), _unsharded(batch), _unsharded(key))

@@ -7,17 +7,26 @@ names the key.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
+
 import ml_collections
+
+from gptx.errors import ConfigError  # noqa: F401  (re-exported: `config.ConfigError` predates gptx.errors)
 
 ARCHS = ("gpt1", "gpt2", "gpt3")
 ATTENTION_PATTERNS = ("dense", "alternating")
-REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+# config.model.remat -> the `jax.checkpoint_policies` attribute it selects (None: no rematerialisation). The one
+# list of remat names: validation checks against its keys, gptx/models/gpt.py looks the policies up from it.
+REMAT_POLICIES = {
+    "none": None,
+    "full": "nothing_saveable",
+    "dots": "checkpoint_dots",
+    "dots_no_batch": "checkpoint_dots_with_no_batch_dims",
+}
 DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn")
-
-
-class ConfigError(ValueError):
-    """A config that cannot run; the message names the offending key."""
+MESH_AXES = ("data", "fsdp", "tensor")  # the device mesh's axes (gptx/mesh.py), in mesh order
 
 
 def default() -> ml_collections.ConfigDict:
@@ -310,7 +319,7 @@ def _check_keys(cfg, schema, prefix: str) -> None:
             raise ConfigError(f"{name}={value!r} should be a {type(want).__name__}")
 
 
-def _choice(cfg, key: str, choices: tuple[str, ...]) -> None:
+def _choice(cfg, key: str, choices: Iterable[str]) -> None:
     section, field = key.split(".")
     if cfg[section][field] not in choices:
         raise ConfigError(f"config.{key}={cfg[section][field]!r} is not one of {', '.join(choices)}")
@@ -371,9 +380,7 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
         raise ConfigError(f"config.data.val_fraction={cfg.data.val_fraction} must be in [0, 1)")
 
     if num_devices is not None:
-        from gptx import mesh  # late import: mesh imports jax
-
-        shape = mesh.resolve_mesh_shape(cfg.mesh, num_devices)
+        shape = resolve_mesh_shape(cfg.mesh, num_devices)
         batch_shards = shape["data"] * shape["fsdp"]
         micro = t.batch_size // t.grad_accum
         if micro % batch_shards:
@@ -385,6 +392,33 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
             raise ConfigError(
                 f"config.model.n_head={cfg.model.n_head} is not divisible by config.mesh.tensor={shape['tensor']}"
             )
+
+
+def resolve_mesh_shape(mesh_cfg: ml_collections.ConfigDict, num_devices: int) -> dict[str, int]:
+    """Mesh axis sizes with the one -1 filled in; raises ConfigError when the product misses num_devices.
+
+    Pure Python (no jax), so `validate` can check a mesh before any device starts; gptx/mesh.py re-exports it.
+    """
+    sizes = {axis: int(mesh_cfg[axis]) for axis in MESH_AXES}
+    free = [axis for axis, n in sizes.items() if n == -1]
+    if len(free) > 1:
+        raise ConfigError(f"only one of config.mesh.{{data,fsdp,tensor}} may be -1, got {sizes}")
+    for axis, n in sizes.items():
+        if n == 0 or n < -1:
+            raise ConfigError(f"config.mesh.{axis}={n} must be positive or -1")
+    fixed = math.prod(n for n in sizes.values() if n != -1)
+    if free:
+        if num_devices % fixed:
+            raise ConfigError(
+                f"config.mesh {sizes}: the fixed axes ({fixed} devices) do not divide {num_devices} devices"
+            )
+        sizes[free[0]] = num_devices // fixed
+    elif fixed != num_devices:
+        raise ConfigError(f"config.mesh {sizes} needs {fixed} devices but {num_devices} are available")
+    dcn = int(mesh_cfg.get("dcn_data", 1))
+    if dcn < 1 or sizes["data"] % dcn:
+        raise ConfigError(f"config.mesh.dcn_data={dcn} must be positive and divide config.mesh.data={sizes['data']}")
+    return sizes
 
 
 def seq_len(cfg: ml_collections.ConfigDict) -> int:

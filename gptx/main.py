@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import sys
+import typing
 
 import jax
 from absl import app, flags, logging
@@ -14,9 +15,12 @@ from ml_collections import config_flags
 
 from gptx import config as config_lib
 from gptx import mesh as mesh_lib
-from gptx.data.sources import DataError
-from gptx.interop import InteropError
-from gptx.train.loop import NonFiniteLossError
+from gptx.errors import ConfigError, DataError, InteropError, NonFiniteLossError
+
+# Failures a user can fix (a bad config, unreadable data, an unconvertible checkpoint, a missing file) and a
+# diverged run: each ends the command with one line, `gptx: error: ...`, and exit status 2 (1 for a diverged run).
+# Any other exception is a bug and keeps its traceback.
+USER_ERRORS = (ConfigError, DataError, InteropError, FileNotFoundError, NonFiniteLossError)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A config file: configs/NAME.py[:ARG].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and reports.")
@@ -75,12 +79,12 @@ def _sample(cfg, workdir: str) -> None:
     from gptx.train import pretrain
 
     if not _PROMPTS.value:
-        raise config_lib.ConfigError("sample needs at least one --prompt=TEXT")
+        raise ConfigError("sample needs at least one --prompt=TEXT")
     model, params, tok = pretrain.load_trained(cfg, workdir)
     prompts = [[tok.bos_id, *tok.encode(p)] for p in _PROMPTS.value]
     longest = max(len(p) for p in prompts)
     if longest + cfg.sample.max_new_tokens > cfg.model.block_size:
-        raise config_lib.ConfigError(
+        raise ConfigError(
             f"a prompt of {longest} tokens + config.sample.max_new_tokens={cfg.sample.max_new_tokens} exceed "
             f"the context config.model.block_size={cfg.model.block_size}"
         )
@@ -119,9 +123,9 @@ def _rm(cfg, workdir: str) -> None:
 
 
 def _ppo(cfg, workdir: str) -> None:
-    from gptx.rlhf import ppo
+    from gptx.rlhf import ppo_run
 
-    ppo.run(cfg, workdir)  # prints RM/labeler scores of PPO vs SFT samples, writes WORKDIR/ppo_results.json
+    ppo_run.run(cfg, workdir)  # prints RM/labeler scores of PPO vs SFT samples, writes WORKDIR/ppo_results.json
 
 
 def _scaling(cfg, workdir: str, action: str) -> None:
@@ -143,16 +147,16 @@ def _eval(cfg, workdir: str) -> None:
 
 
 def _convert(cfg, workdir: str) -> None:
-    from gptx.interop import hf
+    from gptx.interop import workdir as convert
 
     if not _HF_DIR.value:
         raise FileNotFoundError("convert needs --hf_dir=PATH (the Hugging Face checkpoint directory)")
     if _DIRECTION.value == "export":
-        info = hf.export_checkpoint(cfg, workdir, _HF_DIR.value)
+        info = convert.export_checkpoint(cfg, workdir, _HF_DIR.value)
         if jax.process_index() == 0:
             print(f"exported the latest checkpoint of {workdir} as {info['architecture']} -> {_HF_DIR.value}")
         return
-    new, info = hf.import_checkpoint(cfg, _HF_DIR.value, workdir, allow_pickle=_ALLOW_PICKLE.value)
+    new, info = convert.import_checkpoint(cfg, _HF_DIR.value, workdir, allow_pickle=_ALLOW_PICKLE.value)
     if jax.process_index():
         return
     overrides = " ".join(info["overrides"]) or "(none)"
@@ -197,29 +201,54 @@ def main(argv: list[str]) -> None:
             mesh_lib.initialize_distributed(cfg.mesh)
             config_lib.validate(cfg, jax.device_count())
         COMMANDS[argv[1]](cfg, _WORKDIR.value, *argv[2:])
-    except (config_lib.ConfigError, FileNotFoundError, DataError, InteropError, NonFiniteLossError) as e:
-        # Expected failures get one line naming what is wrong, not a traceback.
-        logging.error("%s", e)
-        print(f"gptx: error: {e}", file=sys.stderr)
-        sys.exit(1 if isinstance(e, NonFiniteLossError) else 2)
+    except USER_ERRORS as e:
+        logging.error("%s", e)  # into the run's log too (absl logging starts once flags are parsed)
+        _fail(e, 1 if isinstance(e, NonFiniteLossError) else 2)
+
+
+def _fail(e: BaseException | str, status: int) -> typing.NoReturn:
+    """Ends the process with one line naming what is wrong, not a traceback."""
+    print(f"gptx: error: {e}", file=sys.stderr)
+    sys.exit(status)
+
+
+def _unknown_override(e: AttributeError | KeyError, argv: list[str]) -> str | None:
+    """The message for a `--config.*` override of a key the config lacks, or None when `e` is something else.
+
+    ml_collections raises AttributeError (`'stepz'\\nDid you mean "steps" ...`) or KeyError (`'trian'` ...,
+    `... Attempting to lookup: model.n_layer.x`) for these; `e` counts only when the key it names is part of an
+    override on the command line, so that a bug in a config file's `get_config` keeps its traceback.
+    """
+    text = str(e.args[0]) if e.args else ""
+    overrides = [a[len("--config.") :].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+    found = re.search(r"Attempting to lookup: (\S+)", text) or re.search(r"'([^'\\]+)\\?'", text)
+    if found is None:
+        return None
+    key = found.group(1)
+    override = next((o for o in overrides if key == o or key in o.split(".")), None)
+    if override is None:
+        return None
+    hint = re.search(r"Did you mean [^?]*\?", text)
+    return f"unknown config key {key!r} in the override --config.{override}" + (f"; {hint.group(0)}" if hint else "")
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing (which loads --config and applies its overrides), with bad overrides in one line.
+
+    Only this phase maps AttributeError/KeyError to a config message; raised inside a command they are bugs.
+    """
+    try:
+        return app.parse_flags_with_usage(argv)
+    except (AttributeError, KeyError) as e:
+        message = _unknown_override(e, argv)
+        if message is None:
+            raise
+        _fail(message, 2)
 
 
 def run() -> None:
     """Console-script entry point (`gptx <command> ...`)."""
-    try:
-        app.run(main)
-    except (AttributeError, KeyError) as e:
-        # ml_collections rejects an override of a key the config does not have while flags are parsed.
-        if "Did you mean" not in str(e) and "has no attribute" not in str(e):
-            raise
-        key = re.search(r"'([^'\\]+)\\?'", str(e))
-        hint = re.search(r"Did you mean [^?]*\?", str(e))
-        print(
-            f"gptx: error: unknown config key {key.group(1) if key else str(e)!r} in a --config.* override"
-            + (f"; {hint.group(0)}" if hint else ""),
-            file=sys.stderr,
-        )
-        sys.exit(2)
+    app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

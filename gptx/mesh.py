@@ -24,9 +24,8 @@ from flax import linen as nn
 from jax.experimental import mesh_utils
 from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec
 
-from gptx.config import ConfigError
-
-MESH_AXES = ("data", "fsdp", "tensor")
+from gptx.config import MESH_AXES, resolve_mesh_shape  # pure-Python shape rules live with the config schema
+from gptx.errors import ConfigError
 
 # Logical axis -> mesh axes. Parameters: `embed` is FSDP-sharded, the wide dimensions are tensor-sharded.
 # Activations: the batch is split over both data-parallel axes; `act_*` names keep activations' feature
@@ -107,30 +106,6 @@ def agree_across_processes(value: int | None, what: str) -> int | None:
             f"processes disagree on the {what}: {values} (by process); is the workdir on a filesystem all hosts share?"
         )
     return values[0]
-
-
-def resolve_mesh_shape(mesh_cfg: ml_collections.ConfigDict, num_devices: int) -> dict[str, int]:
-    """Mesh axis sizes with the one -1 filled in; raises ConfigError when the product misses num_devices."""
-    sizes = {axis: int(mesh_cfg[axis]) for axis in MESH_AXES}
-    free = [axis for axis, n in sizes.items() if n == -1]
-    if len(free) > 1:
-        raise ConfigError(f"only one of config.mesh.{{data,fsdp,tensor}} may be -1, got {sizes}")
-    for axis, n in sizes.items():
-        if n == 0 or n < -1:
-            raise ConfigError(f"config.mesh.{axis}={n} must be positive or -1")
-    fixed = int(np.prod([n for n in sizes.values() if n != -1]))
-    if free:
-        if num_devices % fixed:
-            raise ConfigError(
-                f"config.mesh {sizes}: the fixed axes ({fixed} devices) do not divide {num_devices} devices"
-            )
-        sizes[free[0]] = num_devices // fixed
-    elif fixed != num_devices:
-        raise ConfigError(f"config.mesh {sizes} needs {fixed} devices but {num_devices} are available")
-    dcn = int(mesh_cfg.get("dcn_data", 1))
-    if dcn < 1 or sizes["data"] % dcn:
-        raise ConfigError(f"config.mesh.dcn_data={dcn} must be positive and divide config.mesh.data={sizes['data']}")
-    return sizes
 
 
 def make_mesh(mesh_cfg: ml_collections.ConfigDict, devices: list | None = None) -> Mesh:

@@ -6,7 +6,7 @@ out; the cache grows between loops (`segment_bounds`), so early steps read a sho
 the prompt mask, so a left-padded prompt sees the same positions as the unpadded one. Each row samples with
 its own key (`fold_in(row key, step)`), so a prompt's continuation does not depend on the batch it was decoded
 in. `generate` is the host-side wrapper: it pads and batches token lists, applies stop strings and returns
-Python lists.
+Python lists; `generate_with_images` decodes prompts that show images (gptx/models/multimodal.py) through it.
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ import numpy as np
 from jax.sharding import Mesh
 
 from gptx import mesh as mesh_lib
+from gptx.errors import ConfigError
 from gptx.models.gpt import GPT, grow_cache, init_cache
+from gptx.models.multimodal import MultimodalGPT, place_patches
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +45,6 @@ class SamplingConfig:
 
 def sampling_from_config(c: Any, eos_id: int | None = None, pad_id: int = 0) -> SamplingConfig:
     """SamplingConfig from a `config.sample` section; ConfigError names a bad key."""
-    from gptx.config import ConfigError
 
     if c.max_new_tokens <= 0:
         raise ConfigError(f"config.sample.max_new_tokens={c.max_new_tokens} must be positive")
@@ -145,6 +146,24 @@ def segment_bounds(max_new_tokens: int, first: int) -> tuple[int, ...]:
     return tuple(bounds)
 
 
+def prefill(model: GPT, params: Any, prompt_tokens, prompt_mask, cache_len: int, prompt_embeds=None):
+    """(next-token logits [B, 1, V] of the last prompt position, KV cache of `cache_len` positions holding the
+    prompts, kv_mask [B, cache_len] marking their real tokens) of left-padded prompts [B, P]."""
+    b, p = prompt_tokens.shape
+    kv_mask = jnp.zeros((b, cache_len), bool).at[:, :p].set(prompt_mask)
+    logits, cache = model.apply(
+        {"params": params},
+        prompt_tokens,
+        positions_from_mask(prompt_mask),
+        cache=init_cache(model.cfg, b, cache_len),
+        cache_index=0,
+        kv_mask=kv_mask,
+        input_embeds=prompt_embeds,
+        last_only=True,
+    )
+    return logits, cache, kv_mask
+
+
 @functools.partial(jax.jit, static_argnames=("model", "sampling"))
 def decode(
     model: GPT,
@@ -175,17 +194,7 @@ def decode(
     prompt_mask = prompt_mask.astype(bool)
     lengths = prompt_mask.sum(axis=1).astype(jnp.int32)  # [B]
     bounds = segment_bounds(n, sampling.cache_segment)
-    kv_mask = jnp.zeros((b, p + bounds[0]), bool).at[:, :p].set(prompt_mask)
-    logits, cache = model.apply(
-        {"params": params},
-        prompt_tokens,
-        positions_from_mask(prompt_mask),
-        cache=init_cache(model.cfg, b, p + bounds[0]),
-        cache_index=0,
-        kv_mask=kv_mask,
-        input_embeds=prompt_embeds,
-        last_only=True,
-    )
+    logits, cache, kv_mask = prefill(model, params, prompt_tokens, prompt_mask, p + bounds[0], prompt_embeds)
 
     def body(carry):
         i, cache, kv_mask, logits, tokens, logprobs, valid, done = carry
@@ -286,3 +295,48 @@ def _append(out: Generation, result: Decoded, row: int, sampling: SamplingConfig
     out.tokens.append(tokens[:cut])
     out.logprobs.append(logprobs[:cut])
     out.texts.append(text)
+
+
+def generate_with_images(
+    model: MultimodalGPT,
+    params: dict[str, Any],
+    prompts: Sequence[Sequence[int]],
+    images: Sequence[Sequence[np.ndarray]],
+    sampling: SamplingConfig,
+    *,
+    batch_size: int = 0,
+    mesh: Mesh | None = None,
+) -> Generation:
+    """Continuations of prompts whose placeholder runs show `images` ([H, W, C] each, in order), decoded by
+    `decode` over its KV cache: the prefill reads the multimodal input embeddings, new tokens are text. Returns a
+    Generation (tokens cut before EOS, no texts).
+
+    Prompts are left-padded in batches of `batch_size` (0: all at once); with a mesh, batches are padded to a
+    multiple of the batch-sharding axes. Each prompt samples with its own key, so results do not depend on
+    the batch it is in.
+    """
+    if any(len(p) < 2 for p in prompts):
+        raise ValueError("image prompts need at least two tokens (BOS and an image)")
+    vit = model.encoder.cfg
+    embed = jax.jit(model.input_embeds)
+
+    def embed_prompts(tokens: np.ndarray, rows: list[int]) -> jax.Array:
+        patches = [
+            place_patches(t, images[r], model.image_token_id, vit.patch_size, vit.channels)
+            for t, r in zip(tokens, rows, strict=True)
+        ]
+        return embed(params, tokens, np.stack(patches))
+
+    out = generate(
+        model.decoder,
+        params["decoder"],
+        prompts,
+        sampling,
+        batch_size=batch_size,
+        mesh=mesh,
+        embed_prompts=embed_prompts,
+    )
+    for i, toks in enumerate(out.tokens):  # callers get the answer without its EOS
+        if sampling.eos_id is not None and toks and toks[-1] == sampling.eos_id:
+            out.tokens[i], out.logprobs[i] = toks[:-1], out.logprobs[i][:-1]
+    return out

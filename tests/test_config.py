@@ -100,3 +100,29 @@ def test_cli_rejects_bad_config_before_compiling(tmp_path):
 
     assert out.returncode != 0 and f"usage: python -m gptx.main <{'|'.join(COMMANDS)}>" in out.stderr
     assert {"train", "sample", "eval", "prepare"} <= set(COMMANDS)
+
+
+def test_config_and_errors_import_no_jax_and_no_mesh():
+    """config.validate checks the mesh shape without gptx.mesh (and jax): no config <-> mesh import cycle."""
+    import ast
+
+    for module, allowed in (("config", {"gptx.errors"}), ("errors", set())):
+        tree = ast.parse((REPO / "gptx" / f"{module}.py").read_text())
+        imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert {m for m in imported if m.split(".")[0] in ("gptx", "jax", "flax", "numpy")} == allowed, module
+
+
+def test_remat_names_have_one_source():
+    from gptx import mesh
+    from gptx.models import gpt
+
+    assert set(gpt.REMAT_POLICIES) == {name for name, policy in config_lib.REMAT_POLICIES.items() if policy}
+    assert mesh.resolve_mesh_shape is config_lib.resolve_mesh_shape and mesh.MESH_AXES == config_lib.MESH_AXES
+    cfg = tiny_config()
+    for name in config_lib.REMAT_POLICIES:
+        cfg.model.remat = name
+        config_lib.validate(cfg)
+    cfg.model.remat = "dots_saveable"
+    with pytest.raises(ConfigError, match="config.model.remat='dots_saveable' is not one of none, full, dots"):
+        config_lib.validate(cfg)

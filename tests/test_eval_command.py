@@ -14,7 +14,7 @@ from gptx.config import ConfigError
 from gptx.data import sources
 from gptx.data import tokenizer as tokenizer_lib
 from gptx.eval import command
-from gptx.interop import hf
+from gptx.interop import workdir as convert
 from gptx.models import GPT, GPTConfig
 
 TINY = dict(vocab_size=512, block_size=128, n_layer=2, n_head=2, d_model=32)
@@ -28,7 +28,7 @@ def tiny_workdir(path, cfg) -> None:
     rng = np.random.default_rng(0)
     params = jax.tree.map(lambda s: rng.normal(0, 0.3, s.shape).astype(s.dtype), mesh_lib.strip_annotations(boxed))
     mesh = mesh_lib.make_mesh(tiny_config().mesh, devices=jax.devices()[:1])
-    hf.save_checkpoint(cfg, params, str(path), mesh)
+    convert.save_checkpoint(cfg, params, str(path), mesh)
     tokenizer_lib.train([sources.read_text("bundled:tinyshakespeare")[:200_000]], 512).save(path / "tokenizer.model")
 
 

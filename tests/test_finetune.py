@@ -8,7 +8,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 import pytest
 from conftest import SHARED_DATA, tiny_config
 from flax import linen as nn
@@ -16,8 +15,10 @@ from flax import linen as nn
 from gptx import mesh as mesh_lib
 from gptx.data import finetune_tasks as ft
 from gptx.data import tokenizer as tokenizer_lib
-from gptx.models import GPT
-from gptx.train import finetune, loop, pretrain
+from gptx.models import GPT, heads
+from gptx.train import checkpoints, finetune, pretrain
+from gptx.train import step as step_lib
+from gptx.train.state import TrainState
 
 needs_data = pytest.mark.skipif(not SHARED_DATA.exists(), reason=f"shared data sets not found at {SHARED_DATA}")
 
@@ -71,8 +72,14 @@ def test_truncation_keeps_the_layout_and_cuts_where_documented():
 def small_model(kinds, vocab=128, dropout=0.0):
     cfg = tiny_config(vocab_size=vocab)
     cfg.finetune.clf_dropout = dropout
-    heads = tuple(finetune.TaskHead(f"t{i}", kind, n) for i, (kind, n) in enumerate(kinds))
-    return cfg, finetune.make_model(cfg, heads)
+    task_heads = tuple(heads.TaskHead(f"t{i}", finetune.POOLING[kind], n) for i, (kind, n) in enumerate(kinds))
+    return cfg, finetune.make_model(cfg, task_heads)
+
+
+def losses(params, batch, model, aux_lm_coef):
+    """(loss, metrics) of the fine-tuning objective on one whole batch, dropout off."""
+    objective = finetune.loss(model, aux_lm_coef)
+    return objective.fn(params, batch, None, objective.norms(batch))
 
 
 def model_batch(seqs_per_example, tasks, n_seqs, seq_len=16):
@@ -143,13 +150,13 @@ def test_multiple_choice_is_a_softmax_over_per_choice_scores():
     np.testing.assert_allclose(logits[1], logits[0][np.array(perm)], rtol=1e-5, atol=1e-6)
     assert len(set(np.round(np.asarray(logits[0]), 6))) == 4
     # The classification row in the same batch has 2 real logits, its other slots are masked.
-    assert (logits[2, 2:] == finetune.NEG).all()
+    assert (logits[2, 2:] == heads.NEG).all()
     batch = {**batch, "label": jnp.asarray([[3], [2], [1]])}
-    _, m = finetune.losses(params, batch, None, model, 0.0, True)
+    value, _ = losses(params, batch, model, 0.0)
     p = jax.nn.softmax(logits, axis=-1)
     assert float(jnp.sum(p[0])) == pytest.approx(1.0)
     want = -np.mean([math.log(p[0, 3]), math.log(p[1, 2]), math.log(p[2, 1])])
-    assert float(m["loss"]) == pytest.approx(want, rel=1e-5)
+    assert float(value) == pytest.approx(want, rel=1e-5)
 
 
 def test_auxiliary_lm_loss_enters_with_weight_lambda():
@@ -157,8 +164,8 @@ def test_auxiliary_lm_loss_enters_with_weight_lambda():
     params = init(model, 1)
     seqs = [[[S, 5, 6, D, 7, E]], [[S, 8, D, 9, 10, 11, E]]]
     batch = {**model_batch(seqs, [0, 0], 1), "label": jnp.asarray([[2], [0]])}
-    l0, m0 = finetune.losses(params, batch, None, model, 0.0, True)
-    l5, m5 = finetune.losses(params, batch, None, model, 0.5, True)
+    l0, m0 = losses(params, batch, model, 0.0)
+    l5, m5 = losses(params, batch, model, 0.5)
     # By hand: the plain GPT's next-token cross-entropy over the real tokens of both sequences.
     lm_logits = GPT(model.cfg).apply({"params": params["gpt"]}, batch["tokens"][:, 0])
     logp = jax.nn.log_softmax(lm_logits, -1)
@@ -169,18 +176,38 @@ def test_auxiliary_lm_loss_enters_with_weight_lambda():
     assert float(l5) == pytest.approx(float(m0["clf_loss"]) + 0.5 * lm_hand, rel=1e-5)
 
 
+def test_gradient_accumulation_equals_one_double_batch():
+    """Two micro-batches of uneven weight (a padding example, sequences of different lengths, so the auxiliary LM
+    loss has a different token count in each half) give the step of the whole batch."""
+    _, model = small_model([(ft.ENTAILMENT, 3)])
+    params = init(model, 1)
+    seqs = [[[S, 5, 6, D, 7, E]], [[S, 8, D, 9, 10, 11, 12, 13, E]], [[S, 4, D, 3, E]], [[S, 9, 9, 9, D, 2, E]]]
+    batch = {**model_batch(seqs, [0] * 4, 1), "label": jnp.asarray([[2], [0], [1], [1]])}
+    batch["weight"] = jnp.asarray([[1.0], [1.0], [1.0], [0.0]])  # the last example is padding
+    state = TrainState.create(apply_fn=model.apply, params=params, tx=optax.sgd(0.1))
+    objective = finetune.loss(model, 0.5)
+    one = jax.jit(step_lib.make_train_step(objective))(state, batch, jax.random.key(0))
+    two = jax.jit(step_lib.make_train_step(objective, grad_accum=2))(state, batch, jax.random.key(0))
+    for key in ("loss", "clf_loss", "lm_loss", "accuracy", "grad_norm"):
+        np.testing.assert_allclose(two[1][key], one[1][key], rtol=1e-5, err_msg=key)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), two[0].params, one[0].params)
+    # Not trivially equal: the mean of the two micro-batches' own means is a different number.
+    halves = [jax.tree.map(lambda x, i=i: x[i::2], batch) for i in range(2)]
+    mean_of_means = np.mean([float(losses(params, h, model, 0.5)[0]) for h in halves])
+    assert abs(mean_of_means - float(one[1]["loss"])) > 1e-3
+
+
 def test_growing_the_embedding_keeps_old_rows_and_loads_a_checkpoint(tmp_path, one_device_mesh):
     pre_cfg = tiny_config(vocab_size=64)
     _, pre_init = pretrain.make_model(pre_cfg)
     state = nn.meta.unbox(pre_init(jax.random.key(1)))
-    mngr = loop.checkpoint_manager(str(tmp_path), 1, False)
-    mngr.save(0, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
-    mngr.wait_until_finished()
+    with checkpoints.manager(str(tmp_path)) as mngr:
+        checkpoints.save(mngr, 0, state)
+    _, model = small_model([(ft.CLASSIFICATION, 2)], vocab=64 + 3 + 50)
     with mesh_lib.activation_rules(one_device_mesh):
-        pretrained = finetune.load_pretrained_params(str(tmp_path), one_device_mesh)
+        pretrained = finetune.load_pretrained_params(str(tmp_path), model, one_device_mesh)
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(pretrained), jax.device_get(state.params))
 
-    _, model = small_model([(ft.CLASSIFICATION, 2)], vocab=64 + 3 + 50)
     tx = optax.sgd(0.1)
     params = nn.meta.unbox(finetune.make_init_fn(model, tx, 1, 16, pretrained)(jax.random.key(0))).params
     wte, old = np.asarray(params["gpt"]["wte"]), np.asarray(state.params["wte"])

@@ -151,7 +151,7 @@ def test_models_gptx_cannot_reproduce_are_refused(tmp_path):
 
 
 def test_cli_import_writes_a_checkpoint_train_and_sample_restore(tmp_path, one_device_mesh):
-    from gptx.train import loop, pretrain
+    from gptx.train import checkpoints, pretrain
 
     ref = hf_model("gpt2", vocab_size=1000, n_positions=64)
     src = save(ref, tmp_path / "hf")
@@ -164,13 +164,11 @@ def test_cli_import_writes_a_checkpoint_train_and_sample_restore(tmp_path, one_d
     cfg.model.update(vocab_size=1000, block_size=64, n_layer=2, n_head=4, d_model=32)
     _, init_fn = pretrain.make_model(cfg)
     with mesh_lib.activation_rules(one_device_mesh):
-        state = loop.restore_latest_state(init_fn, str(work), one_device_mesh, jax.random.key(0))
+        state = checkpoints.restore_state(str(work), init_fn, one_device_mesh, jax.random.key(0))
         assert int(state.step) == 0
         # `train` resumes from it too: the converted checkpoint has no data position, so the loop starts a fresh one.
-        mngr = loop.checkpoint_manager(str(work), 3, async_save=False)
-        trainer = loop.Trainer(init_fn=init_fn, train_step=None, train_data=None)
-        resumed = loop.restore_or_init(trainer, mngr, one_device_mesh, jax.random.key(0), data_iter=iter([]))
-        mngr.close()
+        with checkpoints.manager(str(work), keep=3) as mngr:
+            resumed = checkpoints.restore_or_init(mngr, init_fn, one_device_mesh, jax.random.key(0), iter([]))
     tokens = random_tokens(1000, 64)
     np.testing.assert_allclose(gptx_logits(cfg.model, state.params, tokens), hf_logits(ref, tokens), atol=1e-4, rtol=0)
     jax.tree.map(np.testing.assert_array_equal, resumed.params, state.params)

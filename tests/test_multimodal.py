@@ -1,6 +1,7 @@
 """The multimodal decoder: image tokens land exactly at their placeholders (several images, left padding), text
 alone gives the plain GPT's logits, placeholder targets carry no loss, packed rows keep images whole, LLaVA's
-two stages freeze what they should, sharded steps match one device, and decoding with images in the prompt
+two stages freeze what they should, accumulated micro-batches equal the whole batch, sharded steps match one
+device, and decoding with images in the prompt
 goes through gptx.sample's KV-cache decoder and matches a full recompute."""
 
 import json
@@ -16,11 +17,12 @@ from flax import linen as nn
 from gptx import mesh as mesh_lib
 from gptx.data import image_text
 from gptx.models.gpt import GPT, GPTConfig
-from gptx.models.multimodal import MultimodalGPT, Projector, generate_with_images, layout, place_patches
+from gptx.models.multimodal import PARTS, MultimodalGPT, Projector, layout, place_patches
 from gptx.models.vision import ViT, ViTConfig, patchify
-from gptx.sample import SamplingConfig
-from gptx.train import loop
-from gptx.train import vision as vision_train
+from gptx.sample import SamplingConfig, generate_with_images
+from gptx.train import checkpoints
+from gptx.train import multimodal as mm_train
+from gptx.train import step as step_lib
 
 IMG = 70  # placeholder id
 N = 4  # patches per 8x8 image with 4x4 patches
@@ -105,9 +107,7 @@ def test_placeholder_targets_carry_no_loss(model_and_params, forward):
         "weights": np.ones(inputs.shape, np.float32),  # the loss itself must drop placeholder targets
         "patches": patches,
     }
-    loss_sum, weight = jax.jit(lambda p, b: vision_train.multimodal_loss_sum(p, {}, b, None, model, True))(
-        params, batch
-    )
+    loss_sum, weight = jax.jit(lambda p, b: mm_train.loss_sum(p, b, None, model))(params, batch)
     logits = np.asarray(forward(params, inputs, patches), np.float64)[0]
     logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     text = [t for t in range(16) if targets[0, t] != IMG]
@@ -159,14 +159,15 @@ def test_packed_rows_keep_every_image_whole_and_in_order():
     assert rows >= 4 and seen >= 40  # every digit appears at least once (captioned, asked about, interleaved)
 
 
-def one_step(mesh, model, trainable, batch, tx):
-    init_fn = vision_train.multimodal_init_fn(model, tx, 16, {})
+def one_step(mesh, model, trainable, batch, tx, grad_accum=1):
+    init_fn = mm_train.init_fn_of(model, tx, 16, {})
+    train_step = step_lib.make_train_step(mm_train.loss(model), grad_accum=grad_accum, trainable=trainable)
     with mesh_lib.activation_rules(mesh):
-        shardings, _ = loop.abstract_state(init_fn, mesh, jax.random.key(0))
+        shardings, _ = checkpoints.abstract_state(init_fn, mesh, jax.random.key(0))
         state = jax.jit(lambda r: nn.meta.unbox(init_fn(r)), out_shardings=shardings)(jax.random.key(0))
-        step = jax.jit(vision_train.make_multimodal_train_step(model, trainable), out_shardings=(shardings, None))
+        step = jax.jit(train_step, out_shardings=(shardings, None))
         new, metrics = step(state, mesh_lib.put_batch(mesh, batch), jax.random.key(1))
-    return jax.device_get((state.params, new.params, metrics["loss"])), new
+    return jax.device_get((state.params, new.params, metrics)), new
 
 
 def mm_batch(rows=8, seed=0):
@@ -185,11 +186,32 @@ def test_stage1_trains_only_the_projector_and_stage2_adds_the_decoder():
         (("projector",), {"projector": True, "decoder": False, "encoder": False}),
         (("projector", "decoder"), {"projector": True, "decoder": True, "encoder": False}),
     ):
-        tx = vision_train.stage_optimizer(t, trainable)
+        tx = mm_train.stage_optimizer(t, trainable)
         updates = jax.device_get(tx.update(grads, tx.init(params), params)[0])
         assert {k: all(np.all(u != 0) for u in jax.tree.leaves(v)) for k, v in updates.items()} == want
         # No weight decay sneaks into a frozen part either: its updates are exactly zero.
         assert all(np.all(u == 0) for k in want if not want[k] for u in jax.tree.leaves(updates[k]))
+
+
+def test_two_micro_batches_of_uneven_text_targets_equal_one_double_batch():
+    # The loss is the mean over the whole batch's text targets: accumulating two micro-batches (rows 0, 2, 4, 6
+    # and rows 1, 3, 5, 7) whose text-target counts differ gives the batch's loss, gradient and update, not the
+    # mean of two micro-batch means. Stage 2's parts train; the encoder stays exactly as it was.
+    model, trainable = tiny_model(), ("projector", "decoder")
+    batch = dict(mm_batch())
+    batch["weights"] = batch["weights"].copy()
+    batch["weights"][1, : batch["weights"].shape[1] // 2] = 0.0  # fewer targets in the second micro-batch
+    counts = [float(mm_train.loss(model).norms({k: v[i::2] for k, v in batch.items()})["tokens"]) for i in (0, 1)]
+    assert counts[0] > counts[1] > 0, counts
+    tx = optax.chain(optax.sgd(0.1), optax.freeze({part: part not in trainable for part in PARTS}))
+    mesh = mesh_lib.make_mesh(tiny_config().mesh, devices=jax.devices()[:1])
+    (before, params1, metrics1), _ = one_step(mesh, model, trainable, batch, tx)
+    (_, params2, metrics2), _ = one_step(mesh, model, trainable, batch, tx, grad_accum=2)
+    for key in ("loss", "grad_norm", "target_tokens"):
+        np.testing.assert_allclose(metrics2[key], metrics1[key], rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), params2, params1)
+    assert jax.tree.all(jax.tree.map(np.array_equal, params2["encoder"], before["encoder"]))
+    assert not np.allclose(params2["projector"]["fc_kernel"], before["projector"]["fc_kernel"])
 
 
 @pytest.mark.slow  # ~30 s of CPU; tests/test_sharding.py checks the shared mesh machinery in the default run
@@ -199,14 +221,14 @@ def test_sharded_multimodal_step_equals_single_device_step():
     batch = mm_batch()
     tx = optax.sgd(0.1)
     cfg = tiny_config()
-    (_, params1, loss1), _ = one_step(
+    (_, params1, metrics1), _ = one_step(
         mesh_lib.make_mesh(cfg.mesh, devices=jax.devices()[:1]), model, ("projector", "decoder"), batch, tx
     )
     cfg.mesh.update(data=2, fsdp=2, tensor=2)
-    (before8, params8, loss8), state8 = one_step(
+    (before8, params8, metrics8), state8 = one_step(
         mesh_lib.make_mesh(cfg.mesh), model, ("projector", "decoder"), batch, tx
     )
-    np.testing.assert_allclose(loss8, loss1, rtol=1e-5)
+    np.testing.assert_allclose(metrics8["loss"], metrics1["loss"], rtol=1e-5)
     assert jax.tree.all(jax.tree.map(np.array_equal, params8["encoder"], before8["encoder"]))  # frozen: no gradient
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), params8, params1)
     spec = state8.params["projector"]["fc_kernel"].sharding.spec

@@ -51,7 +51,8 @@ def test_review_pretraining_reads_sst2_training_text_without_labels_and_never_it
 @needs_sst2
 @pytest.mark.slow
 def test_paradigms_stage_reports_the_three_accuracies_on_the_same_dev_sentences(tmp_path, monkeypatch):
-    from gptx import demo, paradigms
+    from gptx import demo
+    from gptx.demo import paradigms
     from gptx.train import pretrain
 
     # A seconds-sized stand-in for the demo's pretrain stage: WORKDIR/tokenizer.model and WORKDIR/pretrain.

@@ -107,7 +107,7 @@ def test_sft_loss_is_the_response_tokens_negative_log_likelihood_only():
     params = {**common.random_params(model, batch["inputs"]), "delta": jnp.zeros((1, 12, CFG.vocab_size))}
 
     def loss(p):
-        total, w = lm.lm_loss_sum(p, batch, None, model, True)
+        total, w = lm.lm_loss_sum(p, batch, None, model)
         return total / w
 
     # Brute force: -mean log p(y_t | prompt, y_<t) over the response tokens of the unpadded sequence.
@@ -198,3 +198,35 @@ def test_labeler_ranks_positive_text_first_and_win_rate_counts_ties_half():
     comp = data.Comparison.from_scores("p", ["bad", "good"], [bad, good])
     assert comp.pairs == ((1, 0),)
     assert labeler.win_rate([1, 0, 2], [0, 0, 3]) == pytest.approx(0.5)
+
+
+def test_rm_gradient_accumulation_equals_one_double_batch():
+    """Micro-batches with different numbers of pairs (K = 4 with ties, K = 3, a padding element) accumulate to
+    the step of the whole batch: the loss averages over elements, the accuracy over pairs, of the whole batch."""
+    import optax
+
+    from gptx.train import step as step_lib
+    from gptx.train.state import TrainState
+
+    tok = WordTokenizer()
+    comps = [
+        data.Comparison.from_scores("w5 w6", ["w10", "w11", "w12", "w13"], [0.3, -1.0, 0.9, 0.1]),
+        data.Comparison.from_scores("w7", ["w30", "w31", "w32"], [1.0, 1.0, -2.0]),
+        data.Comparison.from_scores("w8 w9", ["w40 w41", "w42"], [0.0, 1.0]),
+        data.Comparison.from_scores("w2", ["w20", "w21", "w22", "w23"], [4.0, 3.0, 2.0, 1.0]),
+    ]
+    batch = _rm_batch(comps, tok, k=4)
+    batch["weight"] = batch["weight"].at[2].set(0.0)  # a padding element counts for nothing
+    model = reward.RewardModel(CFG)
+    params = common.random_params(model, batch["tokens"][0], seed=3)
+    state = TrainState.create(apply_fn=model.apply, params=params, tx=optax.sgd(0.1))
+    objective = reward.loss(model)
+    one = jax.jit(step_lib.make_train_step(objective))(state, batch, jax.random.key(0))
+    two = jax.jit(step_lib.make_train_step(objective, grad_accum=2))(state, batch, jax.random.key(0))
+    for key in ("loss", "accuracy", "reward_gap", "grad_norm"):
+        np.testing.assert_allclose(two[1][key], one[1][key], rtol=1e-5, err_msg=key)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), two[0].params, one[0].params)
+    # The whole batch's loss is the paper's: the mean over real elements of each element's mean over its pairs.
+    total, n, _ = reward.pairwise_loss(reward.comparison_scores(model, params, batch), batch)
+    np.testing.assert_allclose(one[1]["loss"], total / n, rtol=1e-6)
+    assert float(n) == 3.0

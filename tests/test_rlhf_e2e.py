@@ -7,15 +7,15 @@ import os
 import pytest
 from conftest import tiny_config
 
-from gptx.rlhf import ppo, reward, sft, stage
+from gptx.rlhf import ppo_run, recipes, reward, sft
 
 pytestmark = pytest.mark.slow
 
 
 def step_cfg(step: str, tok: str, **rlhf):
     c = tiny_config(vocab_size=512, block_size=64, n_layer=2, n_head=4, d_model=64)
-    stage.apply(c, stage.RECIPES[step])
-    stage.apply(c, stage.DEMO[step])
+    recipes.apply(c, recipes.RECIPES[step])
+    recipes.apply(c, recipes.DEMO[step])
     c.model.update(vocab_size=512, block_size=64, n_layer=2, n_head=4, d_model=64, dropout=0.0)
     c.data.update(tokenizer=tok, seq_len=48)
     c.rlhf.update(max_prompt_len=24, max_response_len=16, rollout_batch=32, minibatch=8, eval_prompts=64)
@@ -57,7 +57,7 @@ def test_pipeline_raises_the_labelers_score_with_kl_under_target(tmp_path, one_d
         ptx_batch=4,
     )
     c.train.update(lr=2e-4, ckpt_every=20)
-    res = ppo.run(c, str(tmp_path / "ppo"), mesh)
+    res = ppo_run.run(c, str(tmp_path / "ppo"), mesh)
     assert res["ppo"]["score"] > res["sft"]["score"] + 0.5  # the RM score rises
     assert res["labeler"]["ppo"] > res["labeler"]["sft"]  # and so does the labeler's
     assert res["labeler"]["win_rate"] > 0.5
@@ -65,7 +65,7 @@ def test_pipeline_raises_the_labelers_score_with_kl_under_target(tmp_path, one_d
 
     # Resuming: a longer run continues from iteration 40 (policy, value, β and the ptx data position).
     c.rlhf.iterations = 41
-    again = ppo.run(c, str(tmp_path / "ppo"), mesh)
+    again = ppo_run.run(c, str(tmp_path / "ppo"), mesh)
     assert again["iterations"] == 41
     with open(os.path.join(tmp_path, "ppo", "metrics.jsonl")) as f:
         steps = [json.loads(line)["step"] for line in f]

@@ -220,7 +220,7 @@ def test_ptx_loss_enters_the_policy_gradient_with_its_coefficient(single):
     (_, m), g_mix = single.losses(rollout, ptx_weight=1.0)
     (_, m0), g_ppo = single.losses(rollout, ptx_weight=0.0)
     ptx = ptx_batch()
-    lm_loss = lambda p: ppo.lm.lm_loss_sum(p, ptx, None, single.models.policy, True)[0] / 40.0  # noqa: E731
+    lm_loss = lambda p: ppo.lm.lm_loss_sum(p, ptx, None, single.models.policy)[0] / 40.0  # noqa: E731
     with mesh_lib.activation_rules(single.mesh):
         ptx_loss, g_lm = jax.jit(jax.value_and_grad(lm_loss))(single.state.policy.params)
     np.testing.assert_allclose(m["ptx_loss"], ptx_loss, rtol=1e-6)
@@ -285,3 +285,78 @@ def test_sharded_and_single_device_ppo_updates_agree(single):
             state, m = s.steps.update(state, rollout, None, jax.random.key(1), metrics["kl"])
         out.append((state.policy.params, state.value.params, m, state.kl_coef))
     assert_trees_close(*out)
+
+
+class CharTokenizer:
+    """One id per character (4..63), BOS 1, EOS 2, pad 3: a tokenizer for PPO runs on the bundled corpus."""
+
+    bos_id, eos_id, pad_id, vocab_size = 1, 2, 3, 64
+
+    def encode(self, text):
+        return [4 + ord(c) % 60 for c in text]
+
+    def decode(self, ids):
+        return "".join(chr(32 + i) for i in ids)
+
+
+def ppo_loop_run(workdir, mesh, iterations, term_at=None):
+    """PPO-ptx through the training loop for `iterations` (SIGTERM sent during iteration `term_at`)."""
+    import os
+    import signal
+
+    from gptx.rlhf import ppo_run, reward
+    from gptx.train import loop
+
+    cfg, models, hp, state, frozen = setup(mesh, ptx_coef=0.5)
+    cfg.train.update(ckpt_every=100, keep_ckpts=2)
+    cfg.data.seq_len = 16  # ptx batches within the context
+    pi, rm_params = jax.device_get(frozen["ref"]), jax.device_get(frozen["reward"])
+    rm = reward.LoadedReward(models.value, rm_params, 1.5, -0.3)
+    prompts = [f"prompt {i}: {'abc' * (i % 3)}" for i in range(20)]
+    trainer = ppo_run.make_trainer(
+        cfg, models, hp, CharTokenizer(), train_prompts=prompts, sft_params=pi, rm=rm, mesh=mesh
+    )
+    if term_at is not None:
+        iteration = trainer.iteration
+
+        def interrupted(state, step, data_it):
+            out = iteration(state, step, data_it)
+            if step == term_at:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return out
+
+        trainer.iteration = interrupted
+    cfg.train.update(steps=iterations, log_every=1)
+    return loop.train(trainer, cfg, str(workdir), mesh)
+
+
+def test_sigterm_during_ppo_saves_and_the_resumed_run_equals_an_uninterrupted_one(tmp_path):
+    from gptx.train import checkpoints, logs
+
+    mesh = mesh_lib.make_mesh(tiny_config().mesh, devices=jax.devices()[:1])
+    full = ppo_loop_run(tmp_path / "full", mesh, 4)
+    assert not full.stopped_early and int(full.state.iteration) == 4
+    cut = ppo_loop_run(tmp_path / "cut", mesh, 4, term_at=1)
+    assert cut.stopped_early and int(cut.state.iteration) == 2
+    assert checkpoints.latest_step(str(tmp_path / "cut")) == 2  # saved on SIGTERM (ckpt_every is 100)
+    resumed = ppo_loop_run(tmp_path / "cut", mesh, 4)
+    assert not resumed.stopped_early and int(resumed.state.iteration) == 4
+
+    timing = ("time_", "rollout_tokens_per_s", "steps_per_s", "tokens_per_s", "mfu")
+    rows = {
+        d: {
+            r["step"]: {k: v for k, v in r.items() if not k.startswith(timing)} for r in logs.read_metrics(tmp_path / d)
+        }
+        for d in ("full", "cut")
+    }
+    assert sorted(rows["cut"]) == sorted(rows["full"]) == [1, 2, 3, 4]
+    for step in range(1, 5):
+        assert rows["cut"][step].keys() == rows["full"][step].keys()
+        for key, value in rows["full"][step].items():
+            np.testing.assert_allclose(rows["cut"][step][key], value, rtol=1e-5, err_msg=f"{key} at {step}")
+    assert "ptx_loss" in rows["full"][4]  # the pretraining data position resumed too
+    jax.tree.map(
+        np.testing.assert_array_equal,
+        jax.device_get(resumed.state.policy.params),
+        jax.device_get(full.state.policy.params),
+    )

@@ -9,7 +9,8 @@ from flax import linen as nn
 from jax.sharding import PartitionSpec as P
 
 from gptx import mesh as mesh_lib
-from gptx.train import lm, loop, pretrain
+from gptx.train import checkpoints, lm, pretrain
+from gptx.train import step as step_lib
 
 pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices")
 
@@ -35,12 +36,12 @@ def step_on(mesh, cfg, batch):
     model, init_fn = pretrain.make_model(cfg)
     rng = jax.random.key(0)
     with mesh_lib.activation_rules(mesh):
-        shardings, _ = loop.abstract_state(init_fn, mesh, rng)
+        shardings, _ = checkpoints.abstract_state(init_fn, mesh, rng)
         state = jax.jit(lambda r: nn.meta.unbox(init_fn(r)), out_shardings=shardings)(rng)
         placed = mesh_lib.put_batch(mesh, batch)
-        grad_fn = jax.jit(jax.grad(lambda p, b: lm.lm_loss_sum(p, b, None, model, True)[0]))
+        grad_fn = jax.jit(jax.grad(lambda p, b: lm.lm_loss_sum(p, b, None, model)[0]))
         grads = grad_fn(state.params, placed)
-        step = jax.jit(lm.make_train_step(model), out_shardings=(shardings, None))
+        step = jax.jit(step_lib.make_train_step(lm.loss(model)), out_shardings=(shardings, None))
         new_state, metrics = step(state, placed, rng)
         # The models' activation constraints must reach the compiler (they are silently dropped when
         # flax sees no mesh).

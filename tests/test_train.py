@@ -16,13 +16,14 @@ from flax import linen as nn
 from gptx.data import loader, sources
 from gptx.flops import flops_per_token
 from gptx.models import GPTConfig
-from gptx.train import lm, logs, loop, pretrain
+from gptx.train import checkpoints, lm, logs, loop, pretrain
+from gptx.train import step as step_lib
 from gptx.train.state import decay_mask, lr_schedule
 
 
 def final_params(workdir, cfg, mesh):
     _, init_fn = pretrain.make_model(cfg)
-    return jax.device_get(loop.restore_latest_state(init_fn, str(workdir), mesh, jax.random.key(0)).params)
+    return jax.device_get(checkpoints.restore_state(str(workdir), init_fn, mesh, jax.random.key(0)).params)
 
 
 def test_resumed_run_equals_uninterrupted_run(tmp_path, one_device_mesh):
@@ -75,8 +76,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, one_devic
     trainer = lm_trainer(cfg, tmp_path, wrap_step=poison_from_step_6)
     with pytest.raises(loop.NonFiniteLossError, match=r"loss is nan at step 6.*last good checkpoint \(step 4\)"):
         loop.train(trainer, cfg, str(tmp_path), one_device_mesh)
-    mngr = loop.checkpoint_manager(str(tmp_path), 3, False)
-    assert mngr.all_steps() == [4]
+    assert checkpoints.all_steps(str(tmp_path)) == [4]
     params = final_params(tmp_path, cfg, one_device_mesh)
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
 
@@ -96,7 +96,7 @@ def test_sigterm_saves_a_checkpoint_and_stops(tmp_path, one_device_mesh):
     assert result.stopped_early
     step = int(result.state.step)
     assert 3 <= step < 50
-    assert loop.checkpoint_manager(str(tmp_path), 3, False).latest_step() == step
+    assert checkpoints.latest_step(str(tmp_path)) == step
 
 
 def test_gradient_accumulation_equals_one_large_batch(one_device_mesh):
@@ -114,8 +114,8 @@ def test_gradient_accumulation_equals_one_large_batch(one_device_mesh):
     }  # uneven weights per micro-batch
     batch = jax.tree.map(jnp.asarray, batch)
     with jax.sharding.use_mesh(one_device_mesh) if hasattr(jax.sharding, "use_mesh") else one_device_mesh:
-        s1, m1 = jax.jit(lm.make_train_step(model, 1))(state, batch, jax.random.key(1))
-        s4, m4 = jax.jit(lm.make_train_step(model, 4))(state, batch, jax.random.key(1))
+        s1, m1 = jax.jit(step_lib.make_train_step(lm.loss(model)))(state, batch, jax.random.key(1))
+        s4, m4 = jax.jit(step_lib.make_train_step(lm.loss(model), grad_accum=4))(state, batch, jax.random.key(1))
     np.testing.assert_allclose(m4["loss"], m1["loss"], rtol=1e-6)
     np.testing.assert_allclose(m4["grad_norm"], m1["grad_norm"], rtol=1e-5)
     jax.tree.map(lambda a, c: np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-7), s4.params, s1.params)

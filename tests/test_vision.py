@@ -1,6 +1,7 @@
 """The ViT image encoder and contrastive alignment (CLIP, SigLIP): losses against naive loops, the learned and
-clamped temperature, zero-shot classification, the image-text readers, sharded steps, and (slow) zero-shot
-accuracy on held-out digits after a short training run."""
+clamped temperature, zero-shot classification, the image-text readers, the training loss as one step of the step
+builder (with and without gradient accumulation), sharded steps, and (slow) zero-shot accuracy on held-out digits
+after a short training run."""
 
 import gzip
 import json
@@ -21,8 +22,11 @@ from gptx.data.sources import DataError
 from gptx.models import clip as clip_lib
 from gptx.models.gpt import GPTConfig
 from gptx.models.vision import ViTConfig, patchify, unpatchify
-from gptx.train import loop
+from gptx.train import checkpoints
+from gptx.train import clip as clip_train
+from gptx.train import step as step_lib
 from gptx.train import vision as vision_train
+from gptx.train.state import TrainState
 
 needs_data = pytest.mark.skipif(not SHARED_DATA.exists(), reason=f"shared data sets not found at {SHARED_DATA}")
 
@@ -116,7 +120,8 @@ def test_temperature_and_bias_are_learned_and_text_embeddings_ignore_padding():
     # SigLIP's initialisation: t' = log 10, b = -10.
     assert math.isclose(float(params["logit_bias"]), -10.0)
     assert math.isclose(float(params["logit_scale"]), math.log(10), rel_tol=1e-6)
-    grads = jax.jit(jax.grad(lambda p: vision_train.clip_losses(p, batch, None, model, True)[0]))(params)
+    loss = clip_train.loss(model)
+    grads = jax.jit(jax.grad(lambda p: loss.fn(p, batch, None, loss.norms(batch))[0]))(params)
     assert abs(float(grads["logit_scale"])) > 1e-6 and abs(float(grads["logit_bias"])) > 1e-6
     # The text tower reads the state at the EOS: tokens after it (padding) do not matter, tokens before do.
     encode = jax.jit(lambda p, t, n: model.apply({"params": p}, t, n, method=clip_lib.CLIP.encode_text))
@@ -199,6 +204,31 @@ def test_clip_batches_pair_digits_with_captions_made_from_their_labels():
     assert not np.allclose(augmented, pixels) and augmented.min() >= -1.0 and augmented.max() <= 1.0
 
 
+def test_clip_step_is_the_contrastive_loss_and_accumulation_averages_micro_batches():
+    # One micro-batch: the loss is exactly CLIP's loss of the whole batch's B x B similarities, as before the step
+    # builder. Two: each micro-batch (rows 0, 2 and rows 1, 3) is contrasted within itself and the two losses
+    # are averaged (no gradient caching), in a step that runs and moves the parameters.
+    model, params, batch = tiny_clip()
+    loss = clip_train.loss(model)
+    value, metrics = jax.jit(lambda p, b: loss.fn(p, b, None, loss.norms(b)))(params, batch)
+    # The towers embed each row on its own: a micro-batch's embeddings are these rows'.
+    image_emb, text_emb, scale, bias = jax.jit(clip_train.embed_pairs, static_argnums=3)(params, batch, None, model)
+
+    def reference(rows):
+        return float(clip_lib.contrastive_loss(model.loss, image_emb[rows], text_emb[rows], scale, bias))
+
+    np.testing.assert_allclose(float(value), reference(slice(None)), rtol=1e-6)
+    assert math.isclose(float(metrics["logit_scale"]), 1 / 0.07, rel_tol=1e-5)
+    mean_of_micro = (reference(slice(0, None, 2)) + reference(slice(1, None, 2))) / 2
+    assert not math.isclose(mean_of_micro, reference(slice(None)), rel_tol=1e-3)  # B = 2 is not B = 4
+    state = TrainState.create(apply_fn=None, params=params, tx=optax.sgd(0.1))
+    new, metrics = jax.jit(step_lib.make_train_step(loss, grad_accum=2))(state, batch, jax.random.key(1))
+    np.testing.assert_allclose(float(metrics["loss"]), mean_of_micro, rtol=1e-5)
+    assert math.isclose(float(metrics["logit_scale"]), 1 / 0.07, rel_tol=1e-5)  # a mean, not a sum of 2
+    assert np.isfinite(float(metrics["grad_norm"])) and float(metrics["grad_norm"]) > 0
+    assert not np.allclose(new.params["logit_scale"], params["logit_scale"])
+
+
 @pytest.mark.slow  # tests/test_multimodal.py checks a sharded step through the same ViT in the default run
 @pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices")
 def test_sharded_clip_step_equals_single_device_step():
@@ -210,13 +240,13 @@ def test_sharded_clip_step_equals_single_device_step():
     def init_fn(rng):
         b = batch
         p = model.init(rng, b["patches"][:1], b["tokens"][:1], b["lengths"][:1, 0])["params"]
-        return vision_train.TrainState.create(apply_fn=None, params=p, tx=tx)
+        return TrainState.create(apply_fn=None, params=p, tx=tx)
 
     def step_on(mesh):
         with mesh_lib.activation_rules(mesh):
-            shardings, _ = loop.abstract_state(init_fn, mesh, jax.random.key(0))
+            shardings, _ = checkpoints.abstract_state(init_fn, mesh, jax.random.key(0))
             state = jax.jit(lambda r: nn.meta.unbox(init_fn(r)), out_shardings=shardings)(jax.random.key(0))
-            step = jax.jit(vision_train.make_clip_train_step(model), out_shardings=(shardings, None))
+            step = jax.jit(step_lib.make_train_step(clip_train.loss(model)), out_shardings=(shardings, None))
             new, metrics = step(state, mesh_lib.put_batch(mesh, batch), jax.random.key(1))
         return jax.device_get((metrics["loss"], new.params)), new
 

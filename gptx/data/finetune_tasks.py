@@ -12,7 +12,7 @@ Special token ids. gptx tokenizers (SentencePiece) own ids [0, tokenizer.vocab_s
 take the next ids: start = V, delim = V + 1, extract = V + 2 and, in multi-task runs (the "second paradigm"),
 one task token per task, V + 3 + i, placed right after start: [start] [task_i] ... [extract]. So
 config.model.vocab_size must be at least V + 3 (+ number of tasks when several run together); a pretrained
-embedding with fewer rows is grown with N(0, 0.02) rows when loaded (gptx.train.finetune.grow_embedding).
+embedding with fewer rows is grown with N(0, 0.02) rows when loaded (gptx.train.checkpoints.grow_embedding).
 
 Truncation, when a layout does not fit in the sequence length: the longer text part loses one token at a time
 until it fits. A lone text is cut in the middle (its head and tail are kept: sentiment often sits at either

@@ -16,12 +16,13 @@ import json
 import os
 from collections.abc import Iterator
 
+from gptx.data.paths import REPO
 from gptx.data.sources import _OPENERS, DataError, resolve, split_documents
+from gptx.errors import ConfigError
 
 FORMATS = ("auto", "text", "jsonl", "tsv", "csv", "arrayrecord")
 ROLES = ("curated", "raw", "none")  # quality classifier: positives (kept as they are), negatives (filtered), neither
 MAX_EXAMPLES = 20  # bad-input locations kept per source for the report
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +45,6 @@ class Source:
     @classmethod
     def from_dict(cls, d: dict, where: str) -> Source:
         """Builds a Source from a config entry; `where` names the entry in errors (config.data_prep.sources[i])."""
-        from gptx.config import ConfigError
 
         fields = {f.name: f for f in dataclasses.fields(cls)}
         d = dict(d)

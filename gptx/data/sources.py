@@ -10,12 +10,9 @@ import os
 import re
 from collections.abc import Sequence
 
+from gptx.errors import DataError  # also re-exported: `sources.DataError` predates gptx.errors
+
 BUNDLED = {"tinyshakespeare": "tinyshakespeare.txt"}
-
-
-class DataError(ValueError):
-    """Input data that cannot be read; the message names the file and line."""
-
 
 _OPENERS = {".gz": gzip.open, ".xz": lzma.open, ".bz2": bz2.open}
 

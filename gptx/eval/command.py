@@ -21,7 +21,7 @@ from gptx.eval import harness
 from gptx.eval import metrics as M
 from gptx.eval import tasks as T
 from gptx.eval.requests import LM
-from gptx.train import logs
+from gptx.train import logs, pretrain
 
 RESULTS = "eval_results.json"
 
@@ -77,7 +77,6 @@ def tokenizer_for(cfg: ml_collections.ConfigDict, workdir: str) -> ml_collection
 
 def load_lm(cfg: ml_collections.ConfigDict, workdir: str, mesh=None) -> LM:
     """The LM of the latest checkpoint in workdir, sharded on the config's mesh."""
-    from gptx.train import pretrain
 
     cfg = tokenizer_for(cfg, os.path.abspath(workdir).rstrip("/"))
     mesh = mesh or mesh_lib.make_mesh(cfg.mesh)

@@ -25,6 +25,7 @@ from typing import Any
 from lm_eval.api.model import LM as _LMBase
 from lm_eval.api.registry import register_model
 
+from gptx.data import paths
 from gptx.eval.requests import LM
 
 
@@ -32,9 +33,7 @@ def load_config(spec: str):
     """A gptx config from `path/to/config.py[:ARG]` (relative paths from the repository root if not found)."""
     path, _, arg = spec.partition(":")
     if not os.path.exists(path):
-        from gptx.eval.tasks import REPO
-
-        path = os.path.join(REPO, path)
+        path = paths.from_repo(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"config file {spec} not found")
     module_spec = importlib.util.spec_from_file_location("gptx_lm_eval_config", path)

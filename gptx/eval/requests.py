@@ -30,6 +30,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from gptx import mesh as mesh_lib
+from gptx.sample import SamplingConfig, decode
 
 MIN_BUCKET = 16
 
@@ -264,7 +265,6 @@ class LM:
         compiled program either. The text of a continuation is decoded with its prompt and the prompt's text
         removed, so a leading space survives. Row i samples with key fold_in(key(seed), i) (temperature > 0).
         """
-        from gptx.sample import SamplingConfig, decode
 
         tok = self._tok()
         if not 0 < max_new_tokens < self.max_len:

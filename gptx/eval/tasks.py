@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from gptx.data import finetune_tasks as ft
-from gptx.data import loader, sources
+from gptx.data import loader, paths, sources
 from gptx.data.sources import DataError
 from gptx.eval.metrics import Normalization
 
@@ -45,7 +45,6 @@ KIND_METRICS = {
     GENERATE: ("exact_match", "graded"),
     PERPLEXITY: ("bits_per_byte", "word_perplexity", "token_perplexity"),
 }
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -274,8 +273,7 @@ def resolve(path: str, data_dir: str) -> str:
     """A task path: `bundled:NAME` in gptx/assets, else relative to data_dir (itself relative to the repo root)."""
     if path.startswith("bundled:"):
         return str(importlib.resources.files("gptx") / "assets" / path.removeprefix("bundled:"))
-    root = data_dir if os.path.isabs(data_dir) else os.path.join(REPO, data_dir)
-    return os.path.normpath(os.path.join(root, path))
+    return paths.data_path(data_dir, path)
 
 
 def load_docs(task: Task, path: str, data_dir: str) -> Docs:

@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from gptx.interop import InteropError
+from gptx import config as config_lib
+from gptx.errors import InteropError
 
 # gptx's MLP uses the tanh approximation of GELU; these HF activation names compute the same function.
 # OpenAI GPT has its own table, in which "gelu" is the tanh approximation; in GPT-2's, "gelu" is exact (erf).
@@ -75,7 +76,6 @@ def model_config_from_hf(hf: Mapping[str, Any], base=None, *, where: str = "conf
     Fields HF does not describe (dtype, remat, scan_layers, attention_impl) are kept from `base` (a model section;
     default: gptx's defaults). Raises InteropError for HF options gptx cannot reproduce exactly.
     """
-    from gptx import config as config_lib
 
     model_type = _hf_model_type(hf, where)
     arch, _, act_key = HF_MODELS[model_type]
@@ -365,7 +365,7 @@ def load_weights(path: str, *, allow_pickle: bool = False) -> dict[str, np.ndarr
     return weights
 
 
-def _read_json(path: str) -> dict[str, Any]:
+def read_json(path: str) -> dict[str, Any]:
     if not os.path.exists(path):
         return {}
     with open(path) as f:
@@ -375,14 +375,14 @@ def _read_json(path: str) -> dict[str, Any]:
 def special_tokens(hf_dir: str, hf: Mapping[str, Any]) -> dict[str, Any]:
     """bos/eos/pad token ids (config.json, then generation_config.json) and, when the directory has tokenizer
     files, their strings. gptx's own tokenizer is SentencePiece; HF's BPE vocabulary is not converted."""
-    gen = _read_json(os.path.join(hf_dir, "generation_config.json"))
+    gen = read_json(os.path.join(hf_dir, "generation_config.json"))
     info: dict[str, Any] = {}
     for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
         value = hf.get(key)
         info[key] = gen.get(key) if value is None else value
     tok = {
-        **_read_json(os.path.join(hf_dir, "tokenizer_config.json")),
-        **_read_json(os.path.join(hf_dir, "special_tokens_map.json")),
+        **read_json(os.path.join(hf_dir, "tokenizer_config.json")),
+        **read_json(os.path.join(hf_dir, "special_tokens_map.json")),
     }
     strings = {k: tok[k] for k in ("bos_token", "eos_token", "pad_token", "unk_token") if tok.get(k) is not None}
     if strings:
@@ -399,7 +399,7 @@ def load_hf(hf_dir: str, base_model=None, *, allow_pickle: bool = False) -> tupl
     config_path = os.path.join(hf_dir, "config.json")
     if not os.path.exists(config_path):
         raise FileNotFoundError(f"{config_path} not found: --hf_dir must be a save_pretrained directory")
-    hf = _read_json(config_path)
+    hf = read_json(config_path)
     m = model_config_from_hf(hf, base_model, where=config_path)
     weights = load_weights(hf_dir, allow_pickle=allow_pickle)
     params = params_from_hf(weights, m, where=hf_dir)
@@ -421,100 +421,3 @@ def save_hf(hf_dir: str, params: Mapping[str, Any], m, info: Mapping[str, Any] |
     with open(os.path.join(hf_dir, "config.json"), "w") as f:
         json.dump(hf, f, indent=2, sort_keys=True)
         f.write("\n")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# gptx workdirs
-
-
-def model_overrides(cfg_model, base_model) -> list[str]:
-    """`--config.model.KEY=VALUE` flags that turn base_model into cfg_model (its name aside)."""
-    return [f"--config.model.{k}={v}" for k, v in cfg_model.items() if k != "name" and base_model.get(k) != v]
-
-
-def save_checkpoint(cfg, params: Mapping[str, Any], workdir: str, mesh=None) -> int:
-    """Writes params as the step-0 TrainState (fresh optimizer) of WORKDIR/checkpoints, the layout `train`
-    resumes from and `restore_latest_state` loads. Returns the step. Refuses a workdir that has checkpoints."""
-    import jax
-    import orbax.checkpoint as ocp
-    from flax import linen as nn
-
-    from gptx import mesh as mesh_lib
-    from gptx.train import loop, pretrain
-
-    mngr = loop.checkpoint_manager(workdir, cfg.train.keep_ckpts, async_save=False)
-    if mngr.latest_step() is not None:
-        raise InteropError(f"{workdir}/checkpoints already holds step {mngr.latest_step()}; use an empty workdir")
-    mesh = mesh or mesh_lib.make_mesh(cfg.mesh)
-    _, init_fn = pretrain.make_model(cfg)
-    rng = jax.random.key(cfg.train.seed)
-    with mesh_lib.activation_rules(mesh):
-        shardings, target = loop.abstract_state(init_fn, mesh, rng)
-        try:
-            params = jax.tree.map(
-                lambda t, x: jax.device_put(np.asarray(x, t.dtype), t.sharding), target.params, dict(params)
-            )
-        except ValueError as e:
-            raise InteropError(f"converted params do not match config.model's parameter tree: {e}") from e
-        # A fresh optimizer state does not depend on the parameter values (Adam moments start at zero).
-        state = jax.jit(lambda r: nn.meta.unbox(init_fn(r)), out_shardings=shardings)(rng)
-        state = state.replace(params=params)
-        mngr.save(0, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
-        mngr.wait_until_finished()
-    mngr.close()
-    return 0
-
-
-def load_checkpoint_params(cfg, workdir: str, mesh=None) -> dict[str, Any]:
-    """The params (numpy) of the latest checkpoint in WORKDIR/checkpoints, for a model of cfg.model."""
-    import jax
-
-    from gptx import mesh as mesh_lib
-    from gptx.train import loop, pretrain
-
-    mesh = mesh or mesh_lib.make_mesh(cfg.mesh)
-    _, init_fn = pretrain.make_model(cfg)
-    with mesh_lib.activation_rules(mesh):
-        try:
-            state = loop.restore_latest_state(init_fn, workdir, mesh, jax.random.key(cfg.train.seed))
-        except (ValueError, KeyError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise InteropError(
-                f"the checkpoint in {workdir}/checkpoints does not match config.model ({first}); pass the "
-                f"--config.model.* overrides it was made with (an imported workdir lists them in {IMPORT_NOTE})"
-            ) from e
-    return jax.tree.map(np.asarray, jax.device_get(state.params))
-
-
-def import_checkpoint(
-    cfg, hf_dir: str, workdir: str, *, mesh=None, allow_pickle: bool = False
-) -> tuple[Any, dict[str, Any]]:
-    """HF checkpoint directory -> gptx checkpoint in workdir. Returns (the config with its model section taken
-    from config.json, info). Also writes WORKDIR/hf_import.json with the info and the config overrides."""
-    from gptx import config as config_lib
-
-    m, params, info = load_hf(hf_dir, cfg.model, allow_pickle=allow_pickle)
-    new = cfg.copy_and_resolve_references()
-    new.model = m
-    config_lib.validate(new)
-    save_checkpoint(new, params, workdir, mesh)
-    info["overrides"] = model_overrides(m, cfg.model)
-    with open(os.path.join(workdir, IMPORT_NOTE), "w") as f:
-        json.dump({"info": info, "model": m.to_dict()}, f, indent=2, default=str)
-    return new, info
-
-
-def export_checkpoint(cfg, workdir: str, hf_dir: str, *, mesh=None) -> dict[str, Any]:
-    """Latest gptx checkpoint in workdir -> HF directory. Token ids come from WORKDIR/hf_import.json when the
-    workdir was imported, else from gptx's tokenizer when WORKDIR/tokenizer.model exists. Returns the info."""
-    params = load_checkpoint_params(cfg, workdir, mesh)
-    note = _read_json(os.path.join(workdir, IMPORT_NOTE)).get("info", {})
-    info = {k: note.get(k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
-    if not note and os.path.exists(os.path.join(workdir, "tokenizer.model")):
-        from gptx.data import tokenizer as tokenizer_lib
-
-        info = dict(
-            bos_token_id=tokenizer_lib.BOS_ID, eos_token_id=tokenizer_lib.EOS_ID, pad_token_id=tokenizer_lib.PAD_ID
-        )
-    save_hf(hf_dir, params, cfg.model, info)
-    return {"architecture": hf_config_from_model(cfg.model)["architectures"][0], **info}

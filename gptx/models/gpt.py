@@ -14,16 +14,16 @@ import jax.numpy as jnp
 import ml_collections
 from flax import linen as nn
 
+from gptx import config as config_lib
 from gptx.models.attention import CausalSelfAttention, token_einsum
 
 # One layer's KV cache: {"k": [B, N, S, H], "v": [B, N, S, H]}; a model's cache maps layer names to these
 # (stacked along a leading layer-group axis under "layers" when the layers are scanned).
 Cache = dict[str, jax.Array]
 
+# config.model.remat -> checkpoint policy. The names come from gptx.config (the one list); "none" has no policy.
 REMAT_POLICIES = {
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+    name: getattr(jax.checkpoint_policies, policy) for name, policy in config_lib.REMAT_POLICIES.items() if policy
 }
 
 

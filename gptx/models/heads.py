@@ -1,4 +1,5 @@
-"""Heads on a decoder's final hidden states: GPT-1's linear classifier.
+"""Heads on a decoder's final hidden states, and the models made of a GPT body and a head: GPT-1's linear
+classifier and multi-task fine-tuning model, InstructGPT's scalar reward (and value) model.
 
 Parameters carry logical axis names like gpt.py's (`embed` is FSDP-sharded; the few output classes are
 replicated), so the heads shard under the same rules as the body.
@@ -6,9 +7,14 @@ replicated), so the heads shard under the same rules as the body.
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
+
+from gptx.models.gpt import GPT, GPTConfig
 
 
 class ClassifierHead(nn.Module):
@@ -43,3 +49,111 @@ class ClassifierHead(nn.Module):
         dtype = jnp.dtype(self.dtype)
         y = jnp.einsum("...d,dc->...c", h.astype(dtype), kernel.astype(dtype)) + bias.astype(dtype)
         return y.astype(jnp.float32)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# GPT-1 fine-tuning: one body, a head per task
+
+NEG = -1e9  # logit of an unused class / choice slot
+
+# How a task's sequences become its logits (GPT-1, Fig. 1):
+ONE = "one"  # classification, entailment: head(h_extract) of the one sequence
+SUM = "sum"  # similarity: head(h_extract(a;b) + h_extract(b;a)), both orderings summed
+CHOICES = "choices"  # multiple choice: a scalar head(h_extract(context;choice_k)) per sequence, softmax over k
+POOLINGS = (ONE, SUM, CHOICES)
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskHead:
+    """What the fine-tuning model needs to know of a task: its name, how its sequences pool, its outputs."""
+
+    name: str
+    pooling: str
+    n_out: int
+
+    def __post_init__(self):
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"task {self.name}: pooling {self.pooling!r} is not one of {POOLINGS}")
+
+
+class FinetuneModel(nn.Module):
+    """GPT body (params under `gpt`) plus one `ClassifierHead` per task (`head_<task>`).
+
+    Inputs (per example b, sequence s): tokens/segment_ids [B, S, T], extract_pos/seq_mask [B, S], task [B, 1].
+    Returns logits [B, C] (C = the most outputs of any task; unused slots NEG) and, when `with_lm`, the LM
+    logits [B, S, T, V] of the same sequences (tied embedding, as in pretraining).
+    """
+
+    cfg: GPTConfig
+    tasks: tuple[TaskHead, ...]
+    clf_dropout: float = 0.1
+
+    @property
+    def n_out(self) -> int:
+        return max(t.n_out for t in self.tasks)
+
+    @nn.compact
+    def __call__(self, tokens, segment_ids, extract_pos, seq_mask, task, *, deterministic=True, with_lm=False):
+        b, s, t = tokens.shape
+        gpt = GPT(self.cfg, name="gpt")
+        hidden = gpt(
+            tokens.reshape(b * s, t),
+            None,
+            segment_ids.reshape(b * s, t),
+            deterministic=deterministic,
+            return_hidden=True,
+        ).reshape(b, s, t, -1)  # [B, S, T, D]
+        h = jnp.take_along_axis(hidden, extract_pos[:, :, None, None], axis=2)[:, :, 0]  # [B, S, D]
+        logits = jnp.full((b, self.n_out), NEG, jnp.float32)
+        for k, spec in enumerate(self.tasks):
+            out = self._task_logits(spec, h, seq_mask, deterministic)[:, : self.n_out]
+            out = jnp.pad(out, ((0, 0), (0, self.n_out - out.shape[1])), constant_values=NEG)
+            logits = jnp.where(task == k, out, logits)
+        if not with_lm:
+            return logits, None
+        wte = nn.meta.unbox(gpt.variables["params"]["wte"])
+        lm_logits = jnp.einsum("bstd,vd->bstv", hidden, wte.astype(hidden.dtype)).astype(jnp.float32)
+        return logits, lm_logits
+
+    def _task_logits(self, spec: TaskHead, h, seq_mask, deterministic: bool) -> jax.Array:
+        """[B, n_out] logits of one task from the extract states h [B, S, D]."""
+        head = ClassifierHead(
+            1 if spec.pooling == CHOICES else spec.n_out,
+            dropout=self.clf_dropout,
+            init_std=self.cfg.init_std,
+            dtype=self.cfg.dtype,
+            param_dtype=self.cfg.param_dtype,
+            name=f"head_{spec.name}",
+        )
+        if spec.pooling == CHOICES:
+            return jnp.where(seq_mask > 0, head(h, deterministic=deterministic)[..., 0], NEG)  # [B, S]
+        if spec.pooling == SUM:
+            return head(h[:, 0] + h[:, 1], deterministic=deterministic)  # both orderings, summed
+        return head(h[:, 0], deterministic=deterministic)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# InstructGPT: the reward model (and PPO's value model, the same network)
+
+
+class RewardModel(nn.Module):
+    """GPT trunk (params under `gpt`) and a scalar head (`head`): tokens [B, T] -> one scalar per position [B, T]
+    (float32). The reward is the value at the last real token; PPO's value model is the same network read at
+    every response position."""
+
+    cfg: GPTConfig
+
+    @nn.compact
+    def __call__(self, tokens, positions=None, segment_ids=None, *, deterministic: bool = True) -> jax.Array:
+        h = GPT(self.cfg, name="gpt")(
+            tokens, positions, segment_ids, deterministic=deterministic, return_hidden=True
+        )  # [B, T, D]
+        head = ClassifierHead(
+            1,
+            dropout=0.0,
+            init_std=1.0 / math.sqrt(self.cfg.d_model + 1),  # lm-human-preferences' reward head init
+            dtype=self.cfg.dtype,
+            param_dtype=self.cfg.param_dtype,
+            name="head",
+        )
+        return head(h, deterministic=deterministic)[..., 0]

@@ -20,6 +20,7 @@ Targets that are placeholders carry no loss (`text_target_weights`): the model i
 
 Parameters are three trees, {"decoder", "encoder", "projector"}, so that a pretrained GPT and a CLIP image tower
 load as they are and two-stage training (projector only, then projector + decoder) freezes whole trees.
+Decoding with images in the prompt is `gptx.sample.generate_with_images` (a model imports no sampler).
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from gptx import sample
 from gptx.models.attention import token_einsum
 from gptx.models.gpt import GPT
 from gptx.models.vision import ViT, patchify
@@ -199,52 +199,4 @@ def place_patches(
         raise ValueError(f"{int(is_image.sum())} image placeholders for {len(images)} image(s) ({n_placed} patches)")
     if patches:
         out[is_image] = np.concatenate(patches)
-    return out
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Decoding with images in the prompt, through gptx.sample
-
-
-def generate_with_images(
-    model: MultimodalGPT,
-    params: dict[str, Any],
-    prompts: Sequence[Sequence[int]],
-    images: Sequence[Sequence[np.ndarray]],
-    sampling,
-    *,
-    batch_size: int = 0,
-    mesh=None,
-):
-    """Continuations of prompts whose placeholder runs show `images` ([H, W, C] each, in order), decoded by
-    `gptx.sample.decode` over its KV cache. Returns a gptx.sample.Generation (tokens cut after EOS, no texts).
-
-    Prompts are left-padded in batches of `batch_size` (0: all at once); with a mesh, batches are padded to a
-    multiple of the batch-sharding axes. Each prompt samples with its own key, so results do not depend on
-    the batch it is in.
-    """
-    if any(len(p) < 2 for p in prompts):
-        raise ValueError("image prompts need at least two tokens (BOS and an image)")
-    cfg = model.encoder.cfg
-    embed = jax.jit(model.input_embeds)
-
-    def embed_prompts(tokens: np.ndarray, rows: list[int]) -> jax.Array:
-        patches = [
-            place_patches(t, images[r], model.image_token_id, cfg.patch_size, cfg.channels)
-            for t, r in zip(tokens, rows, strict=True)
-        ]
-        return embed(params, tokens, np.stack(patches))
-
-    out = sample.generate(
-        model.decoder,
-        params["decoder"],
-        prompts,
-        sampling,
-        batch_size=batch_size,
-        mesh=mesh,
-        embed_prompts=embed_prompts,
-    )
-    for i, toks in enumerate(out.tokens):  # callers get the answer without its EOS
-        if sampling.eos_id is not None and toks and toks[-1] == sampling.eos_id:
-            out.tokens[i], out.logprobs[i] = toks[:-1], out.logprobs[i][:-1]
     return out

@@ -2,10 +2,12 @@
 all K-choose-2 comparisons of a prompt as one batch element (`reward`), and PPO-ptx against it (`ppo`).
 
   data.py     demonstrations, ranked comparisons and prompts; seeded splits by prompt; token layouts
-  common.py   token-level helpers shared by the three stages (positions from masks, last-token reads, loading)
+  common.py   what the three stages share: token-level helpers, sampling responses, loading the previous stage
   labeler.py  scorers that stand in for human labelers in offline runs (VADER sentiment)
   sft.py      the `sft` command: next-token loss on response tokens only, through the one training loop
   reward.py   the `rm` command: reward model, K-choose-2 loss, gain/bias normalisation, pairwise accuracy
-  ppo.py      the `ppo` command: rollouts, per-token KL rewards, GAE, clipped policy and value losses, PPO-ptx
-  stage.py    the steps' default recipes, the offline sentiment task, and the `rlhf` stage of `demo`
+  objective.py  PPO's formulas: per-token KL rewards, GAE, whitening, clipped losses, the KL controller
+  ppo.py      the algorithm: the four models, scoring a rollout, the minibatch update with PPO-ptx
+  ppo_run.py  the `ppo` command: prompts, one iteration per step of the training loop, held-out evaluation
+  recipes.py  the steps' default configs (configs/{sft,rm,ppo}.py) and their `:demo` offline sentiment task
 """

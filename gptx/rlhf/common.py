@@ -1,4 +1,5 @@
-"""Token-level helpers shared by SFT, the reward model and PPO, and loading of the stages' checkpoints.
+"""What SFT, the reward model and PPO share: token-level helpers, sampling responses, and loading the previous
+stage's checkpoint and tokenizer.
 
 Sequences are [B, T] token arrays with a boolean (or 0/1) mask of real tokens. Right padding (SFT, reward model
 training) and left padding (PPO prompts) both occur, so positions and "the last real token" are always computed
@@ -8,8 +9,8 @@ from the mask, never assumed.
 from __future__ import annotations
 
 import json
+import math
 import os
-import shutil
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,23 +18,19 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import logging
+from flax import linen as nn
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
+from gptx import config as config_lib
 from gptx import mesh as mesh_lib
+from gptx import sample
 from gptx.data import tokenizer as tokenizer_lib
+from gptx.rlhf import data
+from gptx.train import checkpoints, pretrain
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SELECTED = "selected_step.json"  # written by `sft` when it selects a checkpoint by reward
-
-
-def data_path(cfg: ml_collections.ConfigDict, rel: str) -> str:
-    """A file under config.rlhf.data_dir (relative data dirs are taken from the repository root)."""
-    root = cfg.rlhf.data_dir
-    root = root if os.path.isabs(root) else os.path.join(REPO, root)
-    return os.path.normpath(os.path.join(root, rel))
 
 
 def last_index(mask: jax.Array) -> jax.Array:
@@ -78,55 +75,50 @@ def random_params(model, *inputs, seed: int = 0, std: float = 0.02) -> Any:
     return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
-def checkpoint_step(workdir: str) -> int:
-    """The step to load from WORKDIR: the one `sft` selected by reward if any, else the latest."""
-    path = os.path.join(os.path.abspath(workdir), "checkpoints")
+def checkpoint_step(workdir: str) -> int | None:
+    """The step to load from a stage's WORKDIR: the one `sft` selected by reward if any, else None (the latest)."""
     selected = os.path.join(workdir, SELECTED)
     if os.path.exists(selected):
         with open(selected) as f:
             return int(json.load(f)["step"])
-    mngr = ocp.CheckpointManager(path, item_handlers={"state": ocp.StandardCheckpointHandler()})
-    step = mngr.latest_step()
-    mngr.close()
-    if step is None:
-        raise FileNotFoundError(f"no checkpoint in {path}: run the previous stage first")
-    return step
+    return None
 
 
-def load_params(workdir: str, mesh: Mesh, key: str = "") -> Any:
-    """Params of a stage's checkpoint in WORKDIR (`key`: a sub-state such as "policy" of a PPO run), shapes and
-    dtypes read from the checkpoint itself, replicated on `mesh` (callers reshard with `jax.device_put`)."""
-    from gptx.train import loop
-
-    step = checkpoint_step(workdir)
-    state, _ = loop.restore_saved_state(workdir, mesh, step)
-    if not key and "params" not in state and "policy" in state:
-        key = "policy"  # a PPO run's workdir: its policy
-    if key:
-        if key not in state:
-            raise FileNotFoundError(f"{workdir} step {step} has no {key!r} state: is it the right stage's workdir?")
-        state = state[key]
+def load_params(workdir: str, mesh: Mesh, target: Any, *, key: str = "", what: str = "config.rlhf.init_from") -> Any:
+    """Params of a stage's checkpoint in WORKDIR (the step `sft` selected, else the latest), each restored into the
+    sharding of `target` (abstract annotated params of the model that uses them; a smaller token table is grown by
+    `checkpoints.merge_params`). key: a sub-state such as "policy" of a PPO run."""
+    try:
+        step = checkpoint_step(workdir)
+        params, step = checkpoints.restore_params(workdir, mesh, target, step=step, key=key, strict=False)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{what}: {e}") from None
     logging.info("loaded params of step %d from %s", step, workdir)
-    return state["params"]
+    return params
+
+
+def load_init(cfg: ml_collections.ConfigDict, mesh: Mesh, model: nn.Module, key: str = "") -> Any | None:
+    """The params of config.rlhf.init_from (the previous stage) for `model`'s GPT body, or None for a random init.
+
+    `model` is the GPT (SFT, policy) or the RewardModel (its `gpt` trunk is what loads)."""
+    if not cfg.rlhf.init_from:
+        return None
+    target = checkpoints.abstract_params(model, jnp.zeros((1, config_lib.seq_len(cfg)), jnp.int32))
+    target = target.get("gpt", target)
+    with mesh_lib.activation_rules(mesh):
+        return load_params(cfg.rlhf.init_from, mesh, target, key=key)
+
+
+def steps_for(cfg: ml_collections.ConfigDict, n_train: int) -> int:
+    """Optimizer steps of `rlhf.epochs` passes over n_train examples (train.steps when epochs is 0)."""
+    if cfg.rlhf.epochs <= 0:
+        return cfg.train.steps
+    return max(1, math.ceil(cfg.rlhf.epochs * n_train / cfg.train.batch_size))
 
 
 def resolve_tokenizer(cfg: ml_collections.ConfigDict, workdir: str) -> tokenizer_lib.Tokenizer:
-    """config.data.tokenizer, else the init workdir's tokenizer.model, else WORKDIR's own (trained on
-    config.data.corpus when missing). The one used is copied to WORKDIR/tokenizer.model, where the next stage,
-    whose init_from is this WORKDIR, finds it."""
-    from gptx.train import pretrain
-
-    own = os.path.join(workdir, "tokenizer.model")
-    src = cfg.data.tokenizer
-    if not src and cfg.rlhf.init_from and os.path.exists(os.path.join(cfg.rlhf.init_from, "tokenizer.model")):
-        src = os.path.join(cfg.rlhf.init_from, "tokenizer.model")
-    if not src:
-        return pretrain.load_tokenizer(cfg, workdir)
-    tok = tokenizer_lib.Tokenizer.load(src)
-    os.makedirs(workdir, exist_ok=True)
-    if jax.process_index() == 0 and os.path.abspath(src) != os.path.abspath(own):
-        shutil.copyfile(src, own)
-    return tok
+    """The stage's tokenizer (config.data.tokenizer, else the previous stage's, else WORKDIR's), kept in WORKDIR."""
+    return pretrain.resolve_tokenizer(cfg, workdir, (cfg.rlhf.init_from,))
 
 
 def put_rows(mesh: Mesh, arrays: dict[str, np.ndarray]) -> dict[str, jax.Array]:
@@ -157,9 +149,6 @@ def sample_responses(
 ) -> tuple[list[list[int]], list[str]]:
     """Samples one response per prompt with the KV-cache decoder: (response ids up to and including the first
     EOS, response texts). Prompts are encoded as in training (data.encode_prompt) and left-padded."""
-    from gptx import sample
-    from gptx.rlhf import data
-
     sampling = sample.SamplingConfig(
         max_new_tokens=max_response_len, temperature=temperature, eos_id=tok.eos_id, pad_id=tok.pad_id
     )
@@ -169,7 +158,7 @@ def sample_responses(
         chunk = encoded[start : start + batch_size]
         chunk = chunk + [chunk[0]] * (batch_size - len(chunk))  # fixed shapes: one compilation
         tokens, mask = sample.left_pad(chunk, tok.pad_id)
-        tokens, mask = _pad_to(tokens, mask, max_prompt_len, tok.pad_id)
+        tokens, mask = pad_to(tokens, mask, max_prompt_len, tok.pad_id)
         dev = put_rows(mesh, {"tokens": tokens, "mask": mask})
         out = sample.decode(model, params, dev["tokens"], dev["mask"], jax.random.key(seed + start), sampling)
         toks, keep = to_host(out.tokens), to_host(out.mask)
@@ -177,7 +166,7 @@ def sample_responses(
     return ids, [tok.decode(r) for r in ids]
 
 
-def _pad_to(tokens: np.ndarray, mask: np.ndarray, length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+def pad_to(tokens: np.ndarray, mask: np.ndarray, length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
     """Left-pads [B, P] prompts to [B, length], so every batch of prompts has the same shape."""
     extra = length - tokens.shape[1]
     if extra <= 0:

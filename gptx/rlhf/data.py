@@ -37,10 +37,9 @@ from absl import logging
 
 from gptx import config as config_lib
 from gptx.config import ConfigError
-from gptx.data import sources
+from gptx.data import paths, sources
 from gptx.data.finetune_tasks import ReadResult
 from gptx.data.tokenizer import Tokenizer
-from gptx.rlhf import common
 
 HUMAN, ASSISTANT = "\n\nHuman: ", "\n\nAssistant:"
 SELF_INSTRUCT = "self_instruct/seed_tasks.jsonl"
@@ -169,11 +168,16 @@ def _report(result: ReadResult) -> ReadResult:
     return result
 
 
+def data_path(cfg: ml_collections.ConfigDict, rel: str) -> str:
+    """A file under config.rlhf.data_dir (relative data dirs are taken from the repository root)."""
+    return paths.data_path(cfg.rlhf.data_dir, rel)
+
+
 def demonstrations(cfg: ml_collections.ConfigDict) -> ReadResult:
     """The configured demonstrations (config.rlhf.demonstrations)."""
     kind = cfg.rlhf.demonstrations
     if kind == "self_instruct":
-        return _report(read_self_instruct(common.data_path(cfg, SELF_INSTRUCT)))
+        return _report(read_self_instruct(data_path(cfg, SELF_INSTRUCT)))
     if kind == "corpus":
         docs = sources.read_documents(cfg.data.corpus, cfg.data.doc_separator)
         return ReadResult(sources.resolve(cfg.data.corpus), corpus_demonstrations(docs, cfg.rlhf.corpus_prompt_lines))
@@ -184,7 +188,7 @@ def prompts(cfg: ml_collections.ConfigDict) -> tuple[list[str], str]:
     """(unique prompts in file order, their source) of config.rlhf.prompts."""
     kind = cfg.rlhf.prompts
     if kind == "hh_rlhf":
-        result = _report(read_hh_rlhf(common.data_path(cfg, HH_RLHF)))
+        result = _report(read_hh_rlhf(data_path(cfg, HH_RLHF)))
     elif kind in ("self_instruct", "corpus"):
         result = demonstrations(_with(cfg, demonstrations=kind))
     else:

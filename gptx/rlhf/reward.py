@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 import os
 from typing import Any
 
@@ -29,7 +28,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from absl import logging
 from flax import linen as nn
 from jax.sharding import Mesh
@@ -41,37 +39,15 @@ from gptx import sample
 from gptx.config import ConfigError
 from gptx.data import tokenizer as tokenizer_lib
 from gptx.models import GPT, GPTConfig
-from gptx.models.heads import ClassifierHead
-from gptx.rlhf import common, data, labeler, sft
-from gptx.train import finetune, logs, loop
+from gptx.models.heads import RewardModel
+from gptx.rlhf import common, data, labeler
+from gptx.train import checkpoints, logs, loop
+from gptx.train import step as step_lib
 from gptx.train.state import TrainState, lr_schedule, make_optimizer
 
 RESULTS = "rm_results.json"
 NORM = "reward_norm.json"
 COMPARISONS = "comparisons.jsonl"
-
-
-class RewardModel(nn.Module):
-    """GPT trunk (params under `gpt`) and a scalar head (`head`): tokens [B, T] -> one scalar per position [B, T]
-    (float32). The reward is the value at the last real token; PPO's value model is the same network read at
-    every response position."""
-
-    cfg: GPTConfig
-
-    @nn.compact
-    def __call__(self, tokens, positions=None, segment_ids=None, *, deterministic: bool = True) -> jax.Array:
-        h = GPT(self.cfg, name="gpt")(
-            tokens, positions, segment_ids, deterministic=deterministic, return_hidden=True
-        )  # [B, T, D]
-        head = ClassifierHead(
-            1,
-            dropout=0.0,
-            init_std=1.0 / math.sqrt(self.cfg.d_model + 1),  # lm-human-preferences' reward head init
-            dtype=self.cfg.dtype,
-            param_dtype=self.cfg.param_dtype,
-            name="head",
-        )
-        return head(h, deterministic=deterministic)[..., 0]
 
 
 def sequence_scores(model: RewardModel, params, tokens: jax.Array, mask: jax.Array, deterministic=True, rng=None):
@@ -102,51 +78,46 @@ def comparison_scores(model: RewardModel, params, batch, deterministic=True, rng
     return flat.reshape(b, k)
 
 
-def pairwise_loss(scores: jax.Array, batch) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
-    """(sum over elements of -1/C · Σ log σ(r_w - r_l), number of elements, metrics) for scores [B, K].
-
-    An element's loss averages over its own pairs; elements without pairs or with weight 0 count for nothing.
-    """
+def pair_terms(scores: jax.Array, batch) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """For scores [B, K]: (per-element loss -1/C · Σ log σ(r_w - r_l) [B], element weight [B], r_w - r_l [B, C],
+    pair weight [B, C]). An element's loss averages over its own pairs; elements without pairs or with weight 0
+    count for nothing."""
     r_w = jnp.take_along_axis(scores, batch["pair_w"], axis=1)  # [B, C]
     r_l = jnp.take_along_axis(scores, batch["pair_l"], axis=1)
     mask = batch["pair_mask"]
     n_pairs = jnp.sum(mask, axis=1)
     per_element = -jnp.sum(jax.nn.log_sigmoid(r_w - r_l) * mask, axis=1) / jnp.maximum(n_pairs, 1.0)
     w = batch["weight"][:, 0] * (n_pairs > 0)
-    pair_w = mask * w[:, None]
-    metrics = {
-        "accuracy": jnp.sum((r_w > r_l) * pair_w) / jnp.maximum(jnp.sum(pair_w), 1.0),
-        "reward_gap": jnp.sum((r_w - r_l) * pair_w) / jnp.maximum(jnp.sum(pair_w), 1.0),
-    }
+    return per_element, w, r_w - r_l, mask * w[:, None]
+
+
+def pair_norms(batch) -> dict[str, jax.Array]:
+    """Elements with at least one pair, and pairs, of the whole batch (the loss's and accuracy's normalisers)."""
+    mask = batch["pair_mask"]
+    w = batch["weight"][:, 0] * (jnp.sum(mask, axis=1) > 0)
+    return {"elements": jnp.sum(w), "pairs": jnp.sum(mask * w[:, None])}
+
+
+def pairwise_loss(scores: jax.Array, batch) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+    """(sum over elements of -1/C · Σ log σ(r_w - r_l), number of elements, metrics) for scores [B, K]."""
+    per_element, w, gap, pair_w = pair_terms(scores, batch)
+    pairs = jnp.maximum(jnp.sum(pair_w), 1.0)
+    metrics = {"accuracy": jnp.sum((gap > 0) * pair_w) / pairs, "reward_gap": jnp.sum(gap * pair_w) / pairs}
     return jnp.sum(per_element * w), jnp.sum(w), metrics
 
 
-def make_train_step(model: RewardModel, lr_fn=None, dropout: bool = True):
-    """Pure `(state, batch, rng) -> (state, metrics)`: one AdamW step on the K-choose-2 loss."""
+def loss(model: RewardModel) -> step_lib.Loss:
+    """The K-choose-2 loss averaged over the batch's elements (however the batch is split into micro-batches);
+    metrics: pairwise accuracy and mean reward gap r_w - r_l over its pairs."""
 
-    def loss_fn(params, batch, rng):
-        scores = comparison_scores(model, params, batch, deterministic=not dropout, rng=rng)
-        total, n, metrics = pairwise_loss(scores, batch)
-        return total / jnp.maximum(n, 1.0), metrics
+    def fn(params, batch, rng, norms):
+        scores = comparison_scores(model, params, batch, deterministic=rng is None, rng=rng)
+        per_element, w, gap, pair_w = pair_terms(scores, batch)
+        pairs = jnp.maximum(norms["pairs"], 1.0)
+        metrics = {"accuracy": jnp.sum((gap > 0) * pair_w) / pairs, "reward_gap": jnp.sum(gap * pair_w) / pairs}
+        return jnp.sum(per_element * w) / jnp.maximum(norms["elements"], 1.0), metrics
 
-    def step(state: TrainState, batch, rng):
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng)
-        metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads)}
-        if lr_fn is not None:
-            metrics["lr"] = lr_fn(state.step)
-        return state.apply_gradients(grads=grads), metrics
-
-    return step
-
-
-def make_eval_step(model: RewardModel):
-    """`(params, batch) -> (loss sum, elements)` for the loop's eval_loss."""
-
-    def step(params, batch):
-        total, n, _ = pairwise_loss(comparison_scores(model, params, batch), batch)
-        return total, n
-
-    return step
+    return step_lib.Loss(fn=fn, norms=pair_norms)
 
 
 def make_init_fn(model: RewardModel, tx, seq_len: int, sft_params: Any | None):
@@ -156,7 +127,7 @@ def make_init_fn(model: RewardModel, tx, seq_len: int, sft_params: Any | None):
         init_rng, grow_rng = jax.random.split(rng)
         params = model.init(init_rng, jnp.zeros((1, seq_len), jnp.int32))["params"]
         if sft_params is not None:
-            trunk = finetune.merge_pretrained(params["gpt"], sft_params, grow_rng, model.cfg.init_std)
+            trunk = checkpoints.merge_params(params["gpt"], sft_params, grow_rng, model.cfg.init_std)
             params = {**params, "gpt": trunk}
         return TrainState.create(apply_fn=model.apply, params=params, tx=tx)
 
@@ -233,16 +204,15 @@ def load_reward(workdir: str, cfg: ml_collections.ConfigDict, mesh: Mesh) -> Loa
         raise FileNotFoundError(f"{norm_path} not found: config.rlhf.reward_from must be an `rm` workdir")
     with open(norm_path) as f:
         norm = json.load(f)
+    target = checkpoints.abstract_params(model, jnp.zeros((1, config_lib.seq_len(cfg)), jnp.int32))
     with mesh_lib.activation_rules(mesh):
-        params = common.load_params(workdir, mesh)
-    params = jax.device_put(params, param_shardings(model, mesh, config_lib.seq_len(cfg)))
+        params = common.load_params(workdir, mesh, target, what="a reward model's workdir")
     return LoadedReward(model, params, float(norm["gain"]), float(norm["bias"]))
 
 
 def param_shardings(model: nn.Module, mesh: Mesh, seq_len: int) -> Any:
     """NamedShardings of a model's params under the mesh rules."""
-    boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, seq_len), jnp.int32))["params"])
-    return mesh_lib.tree_shardings(mesh, boxed)
+    return mesh_lib.tree_shardings(mesh, checkpoints.abstract_params(model, jnp.zeros((1, seq_len), jnp.int32)))
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -278,7 +248,7 @@ def read_comparisons(cfg, workdir: str, mesh: Mesh, tok) -> tuple[list, list, di
     """(train, test) comparisons of config.rlhf.comparisons and a report of their source."""
     r = cfg.rlhf
     if r.comparisons == "hh_rlhf":
-        result = data.read_hh_rlhf(common.data_path(cfg, data.HH_RLHF))
+        result = data.read_hh_rlhf(data.data_path(cfg, data.HH_RLHF))
         if result.malformed:
             logging.warning("%s", result.summary())
         train, test = data.split_by_prompt(result.examples, r.test_fraction, r.seed)
@@ -289,7 +259,7 @@ def read_comparisons(cfg, workdir: str, mesh: Mesh, tok) -> tuple[list, list, di
     train_p, test_p = data.split_by_prompt(prompts, r.test_fraction, r.seed)
     n_test = max(1, r.label_prompts // 4)
     policy = GPT(GPTConfig.from_config(cfg.model))
-    params = sft.load_init(cfg, mesh)
+    params = common.load_init(cfg, mesh, policy)
     with mesh_lib.activation_rules(mesh):
         train = labeler_comparisons(cfg, policy, params, tok, train_p[: r.label_prompts], mesh, r.seed)
         test = labeler_comparisons(cfg, policy, params, tok, test_p[:n_test], mesh, r.seed + 1)
@@ -325,9 +295,9 @@ def make_trainer(cfg, tok: tokenizer_lib.Tokenizer, k: int, train, test, sft_par
     tokens = t.batch_size * k * seq_len
     trainer = loop.Trainer(
         init_fn=make_init_fn(model, make_optimizer(t), seq_len, sft_params),
-        train_step=make_train_step(model, lr_schedule(t), dropout=cfg.model.dropout > 0),
+        train_step=step_lib.make_train_step(loss(model), grad_accum=t.grad_accum, lr_fn=lr_schedule(t)),
         train_data=data.batches(train, encode, t.batch_size, cfg.data.seed, train=True),
-        eval_step=make_eval_step(model),
+        eval_step=step_lib.make_eval_step(loss(model), "elements"),
         eval_data=(lambda: data.batches(test, encode, t.batch_size, train=False)) if test else None,
         flops_per_step=flops_lib.flops_per_token(model.cfg, seq_len) * tokens,
         tokens_per_step=tokens,
@@ -359,8 +329,9 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, mesh: Mesh | None = None) 
     k = max(len(c.responses) for c in train + test)
     logging.info("%d train / %d test comparisons, K = %d", len(train), len(test), k)
     run_cfg = cfg.copy_and_resolve_references()
-    run_cfg.train.steps = sft.steps_for(cfg, len(train))
-    trainer, model = make_trainer(run_cfg, tok, k, train, test, sft.load_init(cfg, mesh))
+    run_cfg.train.steps = common.steps_for(cfg, len(train))
+    sft_params = common.load_init(cfg, mesh, RewardModel(GPTConfig.from_config(cfg.model)))
+    trainer, model = make_trainer(run_cfg, tok, k, train, test, sft_params)
     result = loop.train(trainer, run_cfg, workdir, mesh)
     params = result.state.params
 
@@ -405,7 +376,7 @@ def reference_normalisation(cfg, model: RewardModel, params, tok, train, mesh: M
             policy = GPT(GPTConfig.from_config(cfg.model))
             ids, _ = common.sample_responses(
                 policy,
-                sft.load_init(cfg, mesh),
+                common.load_init(cfg, mesh, policy),
                 tok,
                 prompts,
                 max_prompt_len=r.max_prompt_len,

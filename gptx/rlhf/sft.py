@@ -14,8 +14,6 @@ scores them, and the best step is written to WORKDIR/selected_step.json, which l
 
 from __future__ import annotations
 
-import json
-import math
 import os
 from typing import Any
 
@@ -31,8 +29,9 @@ from gptx import flops as flops_lib
 from gptx import mesh as mesh_lib
 from gptx.data import tokenizer as tokenizer_lib
 from gptx.models import GPT, GPTConfig
-from gptx.rlhf import common, data
-from gptx.train import finetune, lm, logs, loop
+from gptx.rlhf import common, data, reward
+from gptx.train import checkpoints, lm, logs, loop
+from gptx.train import step as step_lib
 from gptx.train.state import TrainState, lr_schedule, make_optimizer
 
 RESULTS = "sft_results.json"
@@ -45,7 +44,7 @@ def make_init_fn(model: GPT, tx, seq_len: int, pretrained: Any | None):
         init_rng, grow_rng = jax.random.split(rng)
         params = model.init(init_rng, jnp.zeros((1, seq_len), jnp.int32))["params"]
         if pretrained is not None:
-            params = finetune.merge_pretrained(params, pretrained, grow_rng, model.cfg.init_std)
+            params = checkpoints.merge_params(params, pretrained, grow_rng, model.cfg.init_std)
         return TrainState.create(apply_fn=model.apply, params=params, tx=tx)
 
     return init_fn
@@ -67,7 +66,7 @@ def make_trainer(
     tokens = t.batch_size * seq_len
     trainer = loop.Trainer(
         init_fn=make_init_fn(model, make_optimizer(t), seq_len, pretrained),
-        train_step=lm.make_train_step(model, t.grad_accum, lr_schedule(t)),
+        train_step=step_lib.make_train_step(lm.loss(model), grad_accum=t.grad_accum, lr_fn=lr_schedule(t)),
         train_data=data.batches(train_demos, encode, t.batch_size, cfg.data.seed, train=True),
         eval_step=lm.make_eval_step(model),
         eval_data=(lambda: data.batches(val_demos, encode, t.batch_size, train=False)) if val_demos else None,
@@ -75,20 +74,6 @@ def make_trainer(
         tokens_per_step=tokens,
     )
     return trainer, model
-
-
-def steps_for(cfg: ml_collections.ConfigDict, n_train: int) -> int:
-    """Optimizer steps of `rlhf.epochs` passes over n_train examples (train.steps when epochs is 0)."""
-    if cfg.rlhf.epochs <= 0:
-        return cfg.train.steps
-    return max(1, math.ceil(cfg.rlhf.epochs * n_train / cfg.train.batch_size))
-
-
-def load_init(cfg: ml_collections.ConfigDict, mesh: Mesh, key: str = "") -> Any | None:
-    if not cfg.rlhf.init_from:
-        return None
-    with mesh_lib.activation_rules(mesh):
-        return common.load_params(cfg.rlhf.init_from, mesh, key)
 
 
 def run(cfg: ml_collections.ConfigDict, workdir: str, mesh: Mesh | None = None) -> dict[str, Any]:
@@ -100,8 +85,9 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, mesh: Mesh | None = None) 
     train_demos, val_demos = data.split_by_prompt(demos.examples, cfg.rlhf.test_fraction, cfg.rlhf.seed)
     logging.info("%s: %d train / %d validation demonstrations", demos.path, len(train_demos), len(val_demos))
     run_cfg = cfg.copy_and_resolve_references()
-    run_cfg.train.steps = steps_for(cfg, len(train_demos))
-    trainer, model = make_trainer(run_cfg, tok, train_demos, val_demos, load_init(cfg, mesh))
+    run_cfg.train.steps = common.steps_for(cfg, len(train_demos))
+    pretrained = common.load_init(cfg, mesh, GPT(GPTConfig.from_config(cfg.model)))
+    trainer, model = make_trainer(run_cfg, tok, train_demos, val_demos, pretrained)
     result = loop.train(trainer, run_cfg, workdir, mesh)
     history = [h for h in result.history if "eval_loss" in h]
     out = {
@@ -128,24 +114,14 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, mesh: Mesh | None = None) 
 def select_by_reward(cfg: ml_collections.ConfigDict, workdir: str, model: GPT, tok, val_demos, mesh: Mesh) -> dict:
     """Scores every kept checkpoint by the mean normalised reward of its samples on the validation prompts and
     records the best in WORKDIR/selected_step.json (later stages load that step)."""
-    import orbax.checkpoint as ocp
-
-    from gptx.rlhf import reward
-
     rm = reward.load_reward(cfg.rlhf.select_from, cfg, mesh)
     prompts = list(dict.fromkeys(d.prompt for d in val_demos))[: cfg.rlhf.eval_prompts]
-    mngr = ocp.CheckpointManager(
-        os.path.join(os.path.abspath(workdir), "checkpoints"), item_handlers={"state": ocp.StandardCheckpointHandler()}
-    )
-    steps = sorted(mngr.all_steps())
-    mngr.close()
+    target = checkpoints.abstract_params(model, jnp.zeros((1, config_lib.seq_len(cfg)), jnp.int32))
     scores = {}
     selected = os.path.join(workdir, common.SELECTED)
-    for step in steps:
-        with open(selected, "w") as f:  # load_params reads this step
-            json.dump({"step": step}, f)
-        params = common.load_params(workdir, mesh)
+    for step in checkpoints.all_steps(workdir):
         with mesh_lib.activation_rules(mesh):
+            params, _ = checkpoints.restore_params(workdir, mesh, target, step=step)
             scores[step] = float(np.mean(rm.score_texts(model, params, tok, prompts, cfg, mesh)))
         logging.info("sft checkpoint %d: mean normalised reward %.4f", step, scores[step])
     best = max(scores, key=scores.get)

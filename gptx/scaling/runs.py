@@ -12,7 +12,10 @@ import jax
 import ml_collections
 import numpy as np
 
+from gptx import config as config_lib
+from gptx import flops
 from gptx.config import ConfigError
+from gptx.models import GPTConfig
 from gptx.scaling.laws import (
     ChinchillaLaw,
     ComputeLaw,
@@ -25,7 +28,7 @@ from gptx.scaling.laws import (
     predict_chinchilla,
     predict_compute,
 )
-from gptx.train import logs
+from gptx.train import logs, pretrain
 
 # ------------------------------------------------------------------------------------------- config + sweep
 
@@ -36,7 +39,6 @@ PREDICTION = "prediction.json"
 
 def scaling_defaults() -> ml_collections.ConfigDict:
     """The `config.scaling` section (its schema lives in gptx/config.py with every other section)."""
-    from gptx import config as config_lib
 
     return config_lib.default().scaling
 
@@ -66,8 +68,6 @@ def _seq_len(cfg) -> int:
 
 def run_size(cfg: ml_collections.ConfigDict) -> dict:
     """Parameters, FLOPs per token (as MFU counts them), tokens and compute of a config's training run."""
-    from gptx import flops
-    from gptx.models import GPTConfig
 
     model = GPTConfig.from_config(cfg.model)
     seq = _seq_len(cfg)
@@ -163,7 +163,6 @@ def final_loss(run_dir: str, smooth: int) -> tuple[float, float]:
 
 def train_run(name: str, cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains (or resumes) one sweep run in WORKDIR/runs/NAME and appends its result line."""
-    from gptx.train import pretrain
 
     run_dir = os.path.join(workdir, "runs", name)
     t0 = time.perf_counter()
@@ -189,7 +188,6 @@ def train_run(name: str, cfg: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def _shared_tokenizer(cfg: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
     """All runs share one tokenizer (WORKDIR/tokenizer.model unless the config names one)."""
-    from gptx.train import pretrain
 
     cfg = ml_collections.ConfigDict(cfg.to_dict())
     if not cfg.data.tokenizer:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +18,8 @@ from gptx import mesh as mesh_lib
 from gptx.data import loader, sources
 from gptx.data import tokenizer as tokenizer_lib
 from gptx.models import GPT, GPTConfig
-from gptx.train import lm, loop
+from gptx.train import checkpoints, lm, loop
+from gptx.train import step as step_lib
 from gptx.train.state import TrainState, lr_schedule, make_optimizer
 
 
@@ -46,6 +48,25 @@ def load_tokenizer(cfg: ml_collections.ConfigDict, workdir: str) -> tokenizer_li
     if not cfg.data.tokenizer and not os.path.exists(path):
         return train_tokenizer(cfg, workdir)
     return tokenizer_lib.Tokenizer.load(path)
+
+
+def resolve_tokenizer(
+    cfg: ml_collections.ConfigDict, workdir: str, init_runs: Sequence[str] = ()
+) -> tokenizer_lib.Tokenizer:
+    """The tokenizer of a run that starts from other runs (fine-tuning, SFT, RM, PPO, vision): config.data.tokenizer,
+    else the tokenizer.model of the first of `init_runs` (workdirs) that has one, else WORKDIR's own (trained on
+    config.data.corpus when missing). The one used is copied to WORKDIR/tokenizer.model, so a run that starts
+    from this one, and `sample`/`eval` on it, find it there."""
+    candidates = [os.path.join(r, "tokenizer.model") for r in init_runs if r]
+    src = cfg.data.tokenizer or next((c for c in candidates if os.path.exists(c)), "")
+    if not src:
+        return load_tokenizer(cfg, workdir)
+    tok = tokenizer_lib.Tokenizer.load(src)
+    own = os.path.join(workdir, "tokenizer.model")
+    os.makedirs(workdir, exist_ok=True)
+    if jax.process_index() == 0 and os.path.abspath(src) != os.path.abspath(own):
+        shutil.copyfile(src, own)
+    return tok
 
 
 def make_model(cfg: ml_collections.ConfigDict) -> tuple[GPT, Callable[[jax.Array], TrainState]]:
@@ -87,7 +108,7 @@ def make_trainer(
     tokens = t.batch_size * seq_len
     return loop.Trainer(
         init_fn=init_fn,
-        train_step=lm.make_train_step(model, t.grad_accum, lr_schedule(t)),
+        train_step=step_lib.make_train_step(lm.loss(model), grad_accum=t.grad_accum, lr_fn=lr_schedule(t)),
         train_data=data(train_docs, True),
         eval_step=lm.make_eval_step(model),
         eval_data=(lambda: data(val_docs, False)) if val_docs else None,
@@ -110,7 +131,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, mesh: Mesh | None = None) 
 def load_trained(cfg: ml_collections.ConfigDict, workdir: str) -> tuple[GPT, dict, tokenizer_lib.Tokenizer]:
     """(model, params, tokenizer) from the latest checkpoint of a `train` run in workdir."""
     mesh = mesh_lib.make_mesh(cfg.mesh)
-    model, init_fn = make_model(cfg)
+    model, _ = make_model(cfg)
+    target = checkpoints.abstract_params(model, jnp.zeros((1, config_lib.seq_len(cfg)), jnp.int32))
     with mesh_lib.activation_rules(mesh):
-        state = loop.restore_latest_state(init_fn, workdir, mesh, jax.random.key(cfg.train.seed))
-    return model, state.params, tokenizer_lib.Tokenizer.load(tokenizer_path(cfg, workdir))
+        params, _ = checkpoints.restore_params(workdir, mesh, target)
+    return model, params, tokenizer_lib.Tokenizer.load(tokenizer_path(cfg, workdir))

@@ -1,7 +1,9 @@
-"""TrainState and the GPT-3 optimizer: AdamW, warmup + cosine decay, global-norm clipping."""
+"""TrainState and the optimizers: AdamW with global-norm clipping; GPT-3's warmup + cosine decay schedule and
+GPT-1 fine-tuning's linear warmup + linear decay."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -37,9 +39,22 @@ def lr_schedule(t: ml_collections.ConfigDict) -> optax.Schedule:
     )
 
 
-def make_optimizer(t: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """clip(global norm) -> AdamW(b1, b2, eps, decoupled weight decay on matrices) with the schedule."""
+def linear_schedule(lr: float, steps: int, warmup_fraction: float) -> optax.Schedule:
+    """GPT-1 fine-tuning: linear warmup over `warmup_fraction` of the steps (at least 1), linear decay to 0."""
+    warmup = max(1, math.ceil(steps * warmup_fraction))
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, lr, warmup), optax.linear_schedule(lr, 0.0, max(steps - warmup, 1))],
+        [warmup],
+    )
+
+
+def make_optimizer(
+    t: ml_collections.ConfigDict, schedule: optax.Schedule | None = None
+) -> optax.GradientTransformation:
+    """clip(global norm) -> AdamW(b1, b2, eps, decoupled weight decay on matrices) with `schedule` (default:
+    the config's warmup + cosine decay, `lr_schedule(t)`)."""
+    schedule = lr_schedule(t) if schedule is None else schedule
     return optax.chain(
         optax.clip_by_global_norm(t.grad_clip) if t.grad_clip > 0 else optax.identity(),
-        optax.adamw(lr_schedule(t), b1=t.b1, b2=t.b2, eps=t.eps, weight_decay=t.weight_decay, mask=decay_mask),
+        optax.adamw(schedule, b1=t.b1, b2=t.b2, eps=t.eps, weight_decay=t.weight_decay, mask=decay_mask),
     )

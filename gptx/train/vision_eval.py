@@ -13,8 +13,9 @@ from jax.sharding import Mesh
 from gptx import mesh as mesh_lib
 from gptx.data import image_text
 from gptx.models import clip as clip_lib
-from gptx.models.multimodal import generate_with_images, layout
+from gptx.models.multimodal import layout
 from gptx.models.vision import patchify
+from gptx.sample import SamplingConfig, generate_with_images
 
 
 def _padded_chunks(n: int, size: int):
@@ -97,8 +98,6 @@ def multimodal_prompts(kind: str, test_idx, train_idx, bank, shots: int, seed: i
 
 def answer_digits(model, params, tok, bank, prompts, cfg, mesh, max_new_tokens: int) -> list[str]:
     """Greedy continuations (text) of image-text prompts, decoded by gptx.sample."""
-    from gptx.sample import SamplingConfig
-
     token_lists = [
         [tok.bos_id, *layout(pieces, tok.encode, model.image_token_id, model.n_patches)] for pieces, _ in prompts
     ]

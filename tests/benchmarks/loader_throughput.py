@@ -49,6 +49,7 @@ def main(argv=None) -> None:
     from gptx.data import loader, prepare, records
     from gptx.data import tokenizer as tokenizer_lib
     from gptx.train import lm, pretrain
+    from gptx.train import step as step_lib
 
     spec = importlib.util.spec_from_file_location("demo_config", os.path.join(REPO, "configs", "demo.py"))
     module = importlib.util.module_from_spec(spec)
@@ -78,7 +79,7 @@ def main(argv=None) -> None:
     sample = next(iter(loader.lm_dataset(corpus.train, tok, seq_len=seq, batch_size=batch, seed=1)))
     with mesh_lib.activation_rules(mesh):
         state = jax.jit(lambda r: nn.meta.unbox(init_fn(r)))(jax.random.key(0))
-        step = jax.jit(lm.make_train_step(model), donate_argnums=(0,))
+        step = jax.jit(step_lib.make_train_step(lm.loss(model)), donate_argnums=(0,))
         device_batch = mesh_lib.put_batch(mesh, sample)
         compiled = step.lower(state, device_batch, jax.random.key(1)).compile()
     holder = {"state": state}

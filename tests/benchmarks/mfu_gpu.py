@@ -6,7 +6,8 @@
 
 Meant for one NVIDIA H200 (peak 989e12 dense bf16 FLOP/s, from gptx.flops.PEAK_FLOPS). The model, optimizer
 (AdamW + clipping from the config) and step are exactly gptx's: `GPT`, `make_optimizer`,
-`gptx.train.lm.make_train_step`, jitted with the state donated, inside a one-device mesh's activation rules.
+`gptx.train.step.make_train_step(lm.loss(model))`, jitted with the state donated, inside a one-device mesh's
+activation rules.
 Compilation and `--warmup` steps are excluded; each of `--repeats` timed repeats runs `--steps` steps and the
 medians are reported. MFU = flops_per_token(model, seq) * tokens/s / peak_flops_per_device (model FLOPs, so
 rematerialisation does not count). stdout gets exactly one JSON line; progress goes to stderr.
@@ -115,6 +116,7 @@ def main(argv=None) -> None:
     from gptx import mesh as mesh_lib
     from gptx.models import GPTConfig
     from gptx.train import lm, pretrain
+    from gptx.train import step as step_lib
 
     cfg = build_config(args)
     config_lib.validate(cfg, num_devices=1)
@@ -141,7 +143,7 @@ def main(argv=None) -> None:
 
     with mesh_lib.activation_rules(mesh):
         state = jax.jit(lambda r: nn.meta.unbox(init_fn(r)))(jax.random.key(args.seed))
-        step = jax.jit(lm.make_train_step(model), donate_argnums=(0,))
+        step = jax.jit(step_lib.make_train_step(lm.loss(model)), donate_argnums=(0,))
         step_rng = jax.random.key(args.seed + 1)
         t0 = time.perf_counter()
         compiled = step.lower(state, batch, step_rng).compile()

@@ -23,11 +23,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
 from gptx import mesh as mesh_lib  # noqa: E402
 from gptx import sample  # noqa: E402
-from gptx.rlhf import common, ppo, stage  # noqa: E402
+from gptx.rlhf import common, ppo, recipes  # noqa: E402
 
 
 def config(size: str):
-    c = stage.step_config("ppo", "demo")
+    c = recipes.step_config("ppo", "demo")
     if size == "350m":
         c.model.update(vocab_size=50257, block_size=2048, n_layer=24, n_head=16, d_model=1024, dtype="bfloat16")
         c.rlhf.update(max_prompt_len=256, max_response_len=128, rollout_batch=64, minibatch=16)

@@ -88,6 +88,7 @@ def bench_gptx(args):
     from gptx import config as config_lib
     from gptx import mesh as mesh_lib
     from gptx.train import lm, pretrain
+    from gptx.train import step as step_lib
 
     cfg = config_lib.default()
     cfg.model.update(
@@ -123,7 +124,7 @@ def bench_gptx(args):
 
     with mesh_lib.activation_rules(mesh):
         state = jax.jit(lambda r: nn.meta.unbox(init_fn(r)))(jax.random.key(args.seed))
-        step = jax.jit(lm.make_train_step(model), donate_argnums=(0,))
+        step = jax.jit(step_lib.make_train_step(lm.loss(model)), donate_argnums=(0,))
         step_rng = jax.random.key(args.seed + 1)
         t0 = time.perf_counter()
         compiled = step.lower(state, batch, step_rng).compile()

@@ -19,13 +19,18 @@ import time
 from typing import Any
 
 import ml_collections
-import numpy as np
 
 from gptx.data import image_text
-from gptx.train import logs, pretrain
+from gptx.data.paths import REPO
+from gptx.demo import report as report_lib
+from gptx.train import pretrain
 from gptx.train import vision as vision_train
 
-REPO = vision_train.REPO
+LOSS_RUNS = {
+    "CLIP": "clip",
+    "stage 1: projector": "multimodal/stage1_projector",
+    "stage 2: + decoder": "multimodal/stage2_full",
+}
 
 
 def vision_config(arg: str) -> ml_collections.ConfigDict:
@@ -56,45 +61,6 @@ def stage_configs(cfg: ml_collections.ConfigDict, workdir: str) -> tuple[ml_coll
     pretrained = os.path.join(workdir, "pretrain")
     mm_cfg.vision.decoder_init = pretrained if os.path.isdir(os.path.join(pretrained, "checkpoints")) else ""
     return clip_cfg, mm_cfg
-
-
-def plot_digits(bank, test_idx, clip_pred, answers, path: str, n: int = 16) -> None:
-    """A grid of held-out digits titled with CLIP's zero-shot class and the decoder's zero-shot answer."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, n // 2, figsize=(n * 0.75, 3.4))
-    for ax, i, c, a in zip(axes.flat, test_idx[:n], clip_pred[:n], answers[:n], strict=False):
-        ax.imshow(bank.digits[i], cmap="gray_r")
-        truth = image_text.DIGIT_NAMES[bank.labels[i]]
-        ax.set_title(f"CLIP: {image_text.DIGIT_NAMES[c]}\nLM: {a or '?'}", fontsize=7, color="k" if a == truth else "r")
-        ax.axis("off")
-    fig.suptitle("held-out digits: zero-shot CLIP class / decoder's answer (red: wrong answer)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def plot_curves(runs: dict[str, str], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(runs), figsize=(4 * len(runs), 3.2))
-    for ax, (title, run_dir) in zip(np.atleast_1d(axes), runs.items(), strict=True):
-        history = logs.read_metrics(run_dir)
-        for key, style in (("loss", "-"), ("eval_loss", "o-")):
-            points = [(h["step"], h[key]) for h in history if key in h]
-            if points:
-                ax.plot(*zip(*points, strict=True), style, label=key.replace("_", " "))
-        ax.set(title=title, xlabel="step", ylabel="loss")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def _section(clip_out: dict[str, Any], mm_out: dict[str, Any], mm_cfg, seconds: float) -> str:
@@ -138,8 +104,19 @@ def _section(clip_out: dict[str, Any], mm_out: dict[str, Any], mm_cfg, seconds: 
     )
 
 
-def stage(cfg: ml_collections.ConfigDict, workdir: str, report) -> None:
-    """Runs CLIP and the two-stage multimodal decoder; writes the `vision` report section."""
+def plot(clip_out: dict[str, Any], mm_out: dict[str, Any], bank, workdir: str, report: report_lib.Report) -> None:
+    """The held-out digits with CLIP's class and the decoder's answer, and the loss curves of the three runs."""
+    clip_pred = dict(zip(clip_out["test_digits"], clip_out["predictions"], strict=True))
+    shown = [i for i in mm_out["test_digits"] if i in clip_pred]
+    answers = dict(zip(mm_out["test_digits"], mm_out["zero_shot"]["answers"], strict=True))
+    png = report.image_path("vision_digits.png")
+    report_lib.plot_digits(bank, shown, [clip_pred[i] for i in shown], [answers[i] for i in shown], png)
+    runs = {k: os.path.join(workdir, "vision", v) for k, v in LOSS_RUNS.items()}
+    report_lib.plot_curves({k: v for k, v in runs.items() if os.path.isdir(v)}, report.image_path("vision_losses.png"))
+
+
+def stage(cfg: ml_collections.ConfigDict, workdir: str, report: report_lib.Report) -> None:
+    """GPT-4V in miniature: CLIP on digits, then a ViT-fed decoder answering about them; writes the report section."""
     t0 = time.perf_counter()
     if not os.path.exists(pretrain.tokenizer_path(cfg, workdir)):
         pretrain.train_tokenizer(cfg, workdir)
@@ -148,17 +125,5 @@ def stage(cfg: ml_collections.ConfigDict, workdir: str, report) -> None:
     mm_out = vision_train.run(mm_cfg, os.path.join(workdir, "vision", "multimodal"))
     bank, _, _ = vision_train.load_images(mm_cfg)
     mm_out["labels"] = [int(bank.labels[i]) for i in mm_out["test_digits"]]
-    clip_pred = dict(zip(clip_out["test_digits"], clip_out["predictions"], strict=True))
-    shown = [i for i in mm_out["test_digits"] if i in clip_pred]
-    answers = dict(zip(mm_out["test_digits"], mm_out["zero_shot"]["answers"], strict=True))
-    plot_digits(
-        bank, shown, [clip_pred[i] for i in shown], [answers[i] for i in shown], report.image_path("vision_digits.png")
-    )
-    runs = {
-        "CLIP": "clip",
-        "stage 1: projector": "multimodal/stage1_projector",
-        "stage 2: + decoder": "multimodal/stage2_full",
-    }
-    runs = {k: os.path.join(workdir, "vision", v) for k, v in runs.items()}
-    plot_curves({k: v for k, v in runs.items() if os.path.isdir(v)}, report.image_path("vision_losses.png"))
+    plot(clip_out, mm_out, bank, workdir, report)
     report.section("vision", _section(clip_out, mm_out, mm_cfg, time.perf_counter() - t0))

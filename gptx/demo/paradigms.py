@@ -13,13 +13,20 @@ runs the longer, multi-seed comparison.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
 from typing import Any
 
 import ml_collections
+
+from gptx import mesh as mesh_lib
+from gptx.demo import report as report_lib
+from gptx.demo import tokenizer
+from gptx.eval import harness
+from gptx.eval import tasks as T
+from gptx.eval.requests import LM
+from gptx.train import finetune, logs, pretrain
 
 # The short budget: FT_STEPS steps of FT_BATCH over the 1000-sentence sst2/train.tsv, lr FT_LR with 10% warmup.
 FT_STEPS = 60
@@ -31,11 +38,11 @@ SHOTS = 4  # demonstrations in the prompted arm (dropped from the front when the
 RESULTS = "paradigms.json"
 
 
-def finetune_config(cfg: ml_collections.ConfigDict, tokenizer: str, vocab: int, init_from: str):
+def finetune_config(cfg: ml_collections.ConfigDict, tokenizer_path: str, vocab: int, init_from: str):
     """The fine-tuning config of one arm: the demo's model section, the short budget, GPT-1's classifier."""
     c = ml_collections.ConfigDict(cfg.to_dict())
     c.model.vocab_size = vocab + 3  # start, delim, extract after the tokenizer's pieces
-    c.data.update(tokenizer=tokenizer, seq_len=0)
+    c.data.update(tokenizer=tokenizer_path, seq_len=0)
     c.train.update(
         steps=FT_STEPS,
         batch_size=FT_BATCH,
@@ -60,30 +67,21 @@ def finetune_config(cfg: ml_collections.ConfigDict, tokenizer: str, vocab: int, 
 
 def fine_tune_arms(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, dict[str, Any]]:
     """{"pretrained" | "random": finetune result of the task sst2} for the demo's WORKDIR/pretrain model."""
-    from gptx.train import finetune, pretrain
-
-    tokenizer = pretrain.tokenizer_path(cfg, workdir)
+    tokenizer_path = pretrain.tokenizer_path(cfg, workdir)
     vocab = pretrain.load_tokenizer(cfg, workdir).vocab_size
     out = {}
     for arm, init_from in (("pretrained", os.path.join(workdir, "pretrain")), ("random", "")):
         run_dir = os.path.join(workdir, "paradigms", f"finetune_{arm}")
         shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run each time: never resume the other budget
         t0 = time.perf_counter()
-        res = finetune.run(finetune_config(cfg, tokenizer, vocab, init_from), run_dir)
+        res = finetune.run(finetune_config(cfg, tokenizer_path, vocab, init_from), run_dir)
         out[arm] = {**res["tasks"]["sst2"], "steps": res["steps"], "wall_s": time.perf_counter() - t0}
     return out
 
 
 def prompted(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """The harness's SST-2 result of the pretrained model with SHOTS demonstrations (acc, acc_stderr, n, ...)."""
-    from gptx import mesh as mesh_lib
-    from gptx.eval import harness
-    from gptx.eval import tasks as T
-    from gptx.eval.requests import LM
-    from gptx.train import pretrain
-
-    c = ml_collections.ConfigDict(cfg.to_dict())
-    c.data.tokenizer = pretrain.tokenizer_path(cfg, workdir)
+    c = tokenizer.demo_config(cfg, workdir)
     t0 = time.perf_counter()
     model, params, tok = pretrain.load_trained(c, os.path.join(workdir, "pretrain"))
     lm = LM(model, params, tok, batch_size=max(cfg.eval.batch_size, 32), mesh=mesh_lib.make_mesh(cfg.mesh))
@@ -92,49 +90,13 @@ def prompted(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     return {**res, "wall_s": time.perf_counter() - t0}
 
 
-def plot(rows: list[tuple[str, float, float]], path: str, title: str) -> None:
-    """Bar chart of (label, accuracy, stderr) rows with the 50% chance line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    labels, accs, errs = zip(*rows, strict=True)
-    ax.bar(labels, accs, yerr=errs, capsize=4, color=["tab:blue", "tab:gray", "tab:orange"])
-    ax.axhline(0.5, color="black", ls=":", label="chance (50%)")
-    ax.set(ylabel="SST-2 dev accuracy", ylim=(0.0, 1.0), title=title)
-    ax.legend(loc="upper right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 def stderr(acc: float, n: int) -> float:
     """Binomial standard error of an accuracy over n examples."""
     return (acc * (1 - acc) / max(n, 1)) ** 0.5
 
 
-def run(cfg: ml_collections.ConfigDict, workdir: str, png: str) -> str:
-    """Runs the three arms on the demo's pretrained model (WORKDIR/pretrain, WORKDIR/tokenizer.model); writes
-    WORKDIR/paradigms.json and the bar chart `png`; returns the report section (Markdown)."""
-    if not os.path.isdir(os.path.join(workdir, "pretrain", "checkpoints")):
-        raise FileNotFoundError(f"no pretrained model in {workdir}/pretrain: run the demo's pretrain stage first")
-    t0 = time.perf_counter()
-    tuned = fine_tune_arms(cfg, workdir)
-    shot = prompted(cfg, workdir)
-    rows = [
-        ("fine-tuned from pretrained", tuned["pretrained"]["accuracy"], tuned["pretrained"]["examples"]),
-        ("fine-tuned from random init", tuned["random"]["accuracy"], tuned["random"]["examples"]),
-        (f"prompted ({shot['mean_shots']:.1f} demonstrations fit)", shot["acc"], shot["n"]),
-    ]
-    with open(os.path.join(workdir, RESULTS), "w") as f:
-        json.dump({"finetune": tuned, "prompted": shot, "shots": SHOTS}, f, indent=1)
-    plot(
-        [(r[0].replace(" from ", "\nfrom ").replace(" (", "\n("), r[1], stderr(r[1], r[2])) for r in rows],
-        png,
-        f"{cfg.model.name}: three ways to use one pretrained model",
-    )
+def section(rows: list[tuple[str, float, int]], seconds: float) -> str:
+    """The report section: one (paradigm, dev accuracy, dev sentences) row per arm, and what the papers found."""
     table = "\n".join(f"| {name} | {acc:.3f} ± {stderr(acc, n):.3f} | {n} |" for name, acc, n in rows)
     return (
         "## Three paradigms on SST-2 (GPT-1, GPT-3)\n\n"
@@ -153,6 +115,29 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, png: str) -> str:
         "`tests/benchmarks/finetune_sst2.py` measures the fine-tuning gap over several seeds with a model "
         "pretrained on modern English and unlabelled SST-2 training text (configs/english.py:reviews, 8192 "
         "pieces), where pre-training wins on every seed. "
-        f"Stage took {time.perf_counter() - t0:.0f} s.\n\n"
+        f"Stage took {seconds:.0f} s.\n\n"
         "![three paradigms](report/paradigms.png)\n"
     )
+
+
+def stage(cfg: ml_collections.ConfigDict, workdir: str, report: report_lib.Report) -> None:
+    """GPT-1 vs GPT-3 on SST-2: fine-tuned from pretrained, from random init, and prompted. Runs the three arms on
+    the demo's pretrained model (WORKDIR/pretrain, WORKDIR/tokenizer.model); writes WORKDIR/paradigms.json, the
+    bar chart and the report section."""
+    if not os.path.isdir(os.path.join(workdir, "pretrain", "checkpoints")):
+        raise FileNotFoundError(f"no pretrained model in {workdir}/pretrain: run the demo's pretrain stage first")
+    t0 = time.perf_counter()
+    tuned = fine_tune_arms(cfg, workdir)
+    shot = prompted(cfg, workdir)
+    rows = [
+        ("fine-tuned from pretrained", tuned["pretrained"]["accuracy"], tuned["pretrained"]["examples"]),
+        ("fine-tuned from random init", tuned["random"]["accuracy"], tuned["random"]["examples"]),
+        (f"prompted ({shot['mean_shots']:.1f} demonstrations fit)", shot["acc"], shot["n"]),
+    ]
+    logs.write_json(os.path.join(workdir, RESULTS), {"finetune": tuned, "prompted": shot, "shots": SHOTS})
+    report_lib.plot_accuracy_bars(
+        [(r[0].replace(" from ", "\nfrom ").replace(" (", "\n("), r[1], stderr(r[1], r[2])) for r in rows],
+        report.image_path("paradigms.png"),
+        f"{cfg.model.name}: three ways to use one pretrained model",
+    )
+    report.section("paradigms", section(rows, time.perf_counter() - t0))

@@ -9,7 +9,6 @@ is the number actually used.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -17,63 +16,46 @@ import jax
 import ml_collections
 
 from gptx import mesh as mesh_lib
+from gptx.demo import report as report_lib
+from gptx.demo import tokenizer
 from gptx.eval import harness
 from gptx.eval import tasks as T
 from gptx.eval.requests import LM
+from gptx.train import logs, pretrain
 
 TASK = "shakespeare_lastword"
 SHOTS = (0, 1, 2, 4)
 LIMIT = 200
 
 
-def plot_accuracy_vs_shots(per_shot: dict[int, dict], chance: float, path: str, title: str) -> None:
-    """Accuracy (and acc_norm) with one-standard-error bars against the mean demonstrations used."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ks = sorted(per_shot)
-    x = [per_shot[k]["mean_shots"] for k in ks]
-    for metric, style in (("acc", "o-"), ("acc_norm", "s--")):
-        if metric in per_shot[ks[0]]:
-            y = [per_shot[k][metric] for k in ks]
-            err = [per_shot[k][f"{metric}_stderr"] for k in ks]
-            ax.errorbar(x, y, yerr=err, fmt=style, capsize=3, label=metric)
-    ax.axhline(chance, color="gray", ls=":", label=f"chance ({chance:.0%})")
-    ax.set(xlabel="demonstrations in the context (K)", ylabel="accuracy", title=title)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def run(cfg: ml_collections.ConfigDict, workdir: str, png: str) -> str:
-    """Evaluates the demo's pretrained model (WORKDIR/pretrain) 0/1/K-shot; writes WORKDIR/fewshot.json and the
-    plot; returns the report section (Markdown)."""
-    from gptx.train import pretrain
-
-    t0 = time.perf_counter()
-    cfg = ml_collections.ConfigDict(cfg.to_dict())
-    cfg.data.tokenizer = pretrain.tokenizer_path(cfg, workdir)
+def evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> tuple[dict[int, dict], int, int]:
+    """(harness results per K, held-out lines scored, parameters) of the demo's pretrained model (WORKDIR/pretrain)."""
+    cfg = tokenizer.demo_config(cfg, workdir)
     model, params, tok = pretrain.load_trained(cfg, os.path.join(workdir, "pretrain"))
     lm = LM(model, params, tok, batch_size=max(cfg.eval.batch_size, 32), mesh=mesh_lib.make_mesh(cfg.mesh))
     data = harness.load_task(T.TASKS[TASK], cfg.eval.data_dir, LIMIT)
     results = harness.evaluate_task(lm, data, SHOTS, seed=cfg.eval.seed)
-    with open(os.path.join(workdir, "fewshot.json"), "w") as f:
-        json.dump({"task": TASK, "results": results}, f, indent=1)
-    plot_accuracy_vs_shots(results, 0.25, png, f"{cfg.model.name}: {TASK}, {len(data.docs)} held-out lines")
+    return results, len(data.docs), sum(x.size for x in jax.tree.leaves(params))
+
+
+def stage(cfg: ml_collections.ConfigDict, workdir: str, report: report_lib.Report) -> None:
+    """GPT-3 in-context learning: the pretrained model 0/1/K-shot on held-out lines, accuracy vs demonstrations.
+    Writes WORKDIR/fewshot.json, the plot and the report section."""
+    t0 = time.perf_counter()
+    results, n_docs, n_params = evaluate(cfg, workdir)
+    logs.write_json(os.path.join(workdir, "fewshot.json"), {"task": TASK, "results": results})
+    title = f"{cfg.model.name}: {TASK}, {n_docs} held-out lines"
+    report_lib.plot_accuracy_vs_shots(results, 0.25, report.image_path("fewshot.png"), title)
     rows = "\n".join(
         f"| {k} | {r['mean_shots']:.1f} | {r['acc']:.3f} ± {r['acc_stderr']:.3f} | "
         f"{r['acc_norm']:.3f} ± {r['acc_norm_stderr']:.3f} |"
         for k, r in sorted(results.items())
     )
     gain = results[max(SHOTS)]["acc"] - results[0]["acc"]
-    n_params = sum(x.size for x in jax.tree.leaves(params))
-    return (
+    report.section(
+        "fewshot",
         "## 5. In-context learning (GPT-3)\n\n"
-        f"The pretrained model, without any gradient step, on `{TASK}` ({len(data.docs)} held-out speeches): "
+        f"The pretrained model, without any gradient step, on `{TASK}` ({n_docs} held-out speeches): "
         "choose the last word of a speech's first line among four (three are last words of training lines; "
         "chance 25%), scored by log-likelihood (`acc`) and per character (`acc_norm`). K demonstrations are other "
         "held-out lines with their answer, drawn with a seed, never the line itself; the 128-token context fits "
@@ -84,5 +66,5 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, png: str) -> str:
         f"points. In GPT-3 (Fig. 1.2) the gain from demonstrations grows with model size and is small for its "
         f"smallest model (125M parameters); this one has {n_params / 1e6:.2f}M. "
         f"Stage took {time.perf_counter() - t0:.0f} s.\n\n"
-        "![accuracy vs demonstrations](report/fewshot.png)\n"
+        "![accuracy vs demonstrations](report/fewshot.png)\n",
     )

@@ -1,0 +1,41 @@
+"""The demo's `tokenizer` stage: a SentencePiece BPE trained on the training split of the bundled corpus."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import ml_collections
+
+from gptx.data import loader, sources
+from gptx.demo.report import Report
+from gptx.train import pretrain
+
+
+def demo_config(cfg: ml_collections.ConfigDict, workdir: str, train: bool = False) -> ml_collections.ConfigDict:
+    """A copy of `cfg` reading the demo's tokenizer (WORKDIR/tokenizer.model unless the config names one);
+    with `train`, the tokenizer is trained first when it does not exist yet."""
+    c = ml_collections.ConfigDict(cfg.to_dict())
+    c.data.tokenizer = pretrain.tokenizer_path(cfg, workdir)
+    if train and not os.path.exists(c.data.tokenizer):
+        pretrain.train_tokenizer(cfg, workdir)
+    return c
+
+
+def stage(cfg: ml_collections.ConfigDict, workdir: str, report: Report) -> None:
+    """Train a SentencePiece BPE tokenizer on the training split."""
+    t0 = time.perf_counter()
+    tok = pretrain.train_tokenizer(cfg, workdir)
+    docs = sources.read_documents(cfg.data.corpus, cfg.data.doc_separator)
+    train_docs, _ = loader.split_train_val(docs, cfg.data.val_fraction)
+    n_tokens = sum(len(tok.encode(d)) for d in train_docs)
+    n_chars = sum(len(d) for d in train_docs)
+    example = train_docs[1]
+    pieces = [tok.sp.id_to_piece(i) for i in tok.encode(example)[:24]]
+    report.section(
+        "tokenizer",
+        f"## 1. Tokenizer\n\nSentencePiece {cfg.tokenizer.model_type.upper()} with {tok.vocab_size} pieces, "
+        f"trained in {time.perf_counter() - t0:.1f} s on {len(train_docs)} documents ({n_chars:,} characters).\n"
+        f"Training split: {n_tokens:,} tokens, {n_chars / n_tokens:.2f} characters per token.\n\n"
+        f"First pieces of a document: `{' '.join(repr(p)[1:-1] for p in pieces)}`\n",
+    )

@@ -1,0 +1,99 @@
+"""Hugging Face checkpoints in and out of gptx workdirs: the `convert` command's two directions.
+
+`import_checkpoint` turns an HF GPT-2 / OpenAI GPT directory into the step-0 checkpoint of a workdir (a fresh
+optimizer state, no data position), which `train`, `finetune`, `sample` and `eval` read like any other;
+`export_checkpoint` writes the latest checkpoint of a workdir as an HF directory. The formats are gptx/interop/hf.py's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gptx import config as config_lib
+from gptx import mesh as mesh_lib
+from gptx.data import tokenizer as tokenizer_lib
+from gptx.errors import InteropError
+from gptx.interop.hf import IMPORT_NOTE, hf_config_from_model, load_hf, read_json, save_hf
+from gptx.train import checkpoints, pretrain
+
+
+def model_overrides(cfg_model, base_model) -> list[str]:
+    """`--config.model.KEY=VALUE` flags that turn base_model into cfg_model (its name aside)."""
+    return [f"--config.model.{k}={v}" for k, v in cfg_model.items() if k != "name" and base_model.get(k) != v]
+
+
+def save_checkpoint(cfg, params: dict[str, Any], workdir: str, mesh=None) -> int:
+    """Writes params as the step-0 TrainState (fresh optimizer) of WORKDIR/checkpoints, the layout `train`
+    resumes from. Returns the step. Refuses a workdir that has checkpoints."""
+    if (latest := checkpoints.latest_step(workdir)) is not None:
+        raise InteropError(f"{workdir}/checkpoints already holds step {latest}; use an empty workdir")
+    mesh = mesh or mesh_lib.make_mesh(cfg.mesh)
+    _, init_fn = pretrain.make_model(cfg)
+    rng = jax.random.key(cfg.train.seed)
+    with mesh_lib.activation_rules(mesh):
+        _, target = checkpoints.abstract_state(init_fn, mesh, rng)
+        try:
+            params = jax.tree.map(
+                lambda t, x: jax.device_put(np.asarray(x, t.dtype), t.sharding), target.params, dict(params)
+            )
+        except ValueError as e:
+            raise InteropError(f"converted params do not match config.model's parameter tree: {e}") from e
+        # A fresh optimizer state does not depend on the parameter values (Adam moments start at zero).
+        state = checkpoints.init_state(init_fn, mesh, rng).replace(params=params)
+        with checkpoints.manager(workdir, keep=cfg.train.keep_ckpts) as mngr:
+            checkpoints.save(mngr, 0, state)
+            mngr.wait_until_finished()
+    return 0
+
+
+def load_checkpoint_params(cfg, workdir: str, mesh=None) -> dict[str, Any]:
+    """The params (numpy) of the latest checkpoint in WORKDIR/checkpoints, for a model of cfg.model."""
+    mesh = mesh or mesh_lib.make_mesh(cfg.mesh)
+    model, _ = pretrain.make_model(cfg)
+    target = checkpoints.abstract_params(model, jnp.zeros((1, config_lib.seq_len(cfg)), jnp.int32))
+    with mesh_lib.activation_rules(mesh):
+        try:
+            params, _ = checkpoints.restore_params(workdir, mesh, target)
+        except (ValueError, KeyError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise InteropError(
+                f"the checkpoint in {workdir}/checkpoints does not match config.model ({first}); pass the "
+                f"--config.model.* overrides it was made with (an imported workdir lists them in {IMPORT_NOTE})"
+            ) from e
+    return jax.tree.map(np.asarray, jax.device_get(params))
+
+
+def import_checkpoint(
+    cfg, hf_dir: str, workdir: str, *, mesh=None, allow_pickle: bool = False
+) -> tuple[Any, dict[str, Any]]:
+    """HF checkpoint directory -> gptx checkpoint in workdir. Returns (the config with its model section taken
+    from config.json, info). Also writes WORKDIR/hf_import.json with the info and the config overrides."""
+    m, params, info = load_hf(hf_dir, cfg.model, allow_pickle=allow_pickle)
+    new = cfg.copy_and_resolve_references()
+    new.model = m
+    config_lib.validate(new)
+    save_checkpoint(new, params, workdir, mesh)
+    info["overrides"] = model_overrides(m, cfg.model)
+    with open(os.path.join(workdir, IMPORT_NOTE), "w") as f:
+        json.dump({"info": info, "model": m.to_dict()}, f, indent=2, default=str)
+    return new, info
+
+
+def export_checkpoint(cfg, workdir: str, hf_dir: str, *, mesh=None) -> dict[str, Any]:
+    """Latest gptx checkpoint in workdir -> HF directory. Token ids come from WORKDIR/hf_import.json when the
+    workdir was imported, else from gptx's tokenizer when WORKDIR/tokenizer.model exists. Returns the info."""
+    params = load_checkpoint_params(cfg, workdir, mesh)
+    note = read_json(os.path.join(workdir, IMPORT_NOTE)).get("info", {})
+    info = {k: note.get(k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    if not note and os.path.exists(os.path.join(workdir, "tokenizer.model")):
+        info = dict(
+            bos_token_id=tokenizer_lib.BOS_ID, eos_token_id=tokenizer_lib.EOS_ID, pad_token_id=tokenizer_lib.PAD_ID
+        )
+    save_hf(hf_dir, params, cfg.model, info)
+    return {"architecture": hf_config_from_model(cfg.model)["architectures"][0], **info}

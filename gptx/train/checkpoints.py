@@ -1,0 +1,254 @@
+"""Every checkpoint save and restore of gptx: the only module that builds an orbax `CheckpointManager`.
+
+A run's checkpoints live in WORKDIR/checkpoints/<step>/ with two items:
+
+  state   the train state pytree (model params, optimizer state, step; PPO: both models, beta, iteration)
+  data    the grain iterator position (absent in converted checkpoints and data-less runs)
+
+Restores always go straight into the target shardings from gptx/mesh.py: a full state restores into the
+shardings of the state `init_fn` builds; params alone (a pretrained body, an SFT policy, a reward model) are read
+with a partial restore, so optimizer moments are never loaded, and each parameter lands in the sharding of the
+model that will use it. Only a parameter whose shape differs from the target's (a token table the target grows
+with new special tokens) is read replicated and grown by `merge_params`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import grain
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+from absl import logging
+from flax import linen as nn
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from gptx import mesh as mesh_lib
+
+STATE, DATA = "state", "data"
+
+
+def directory(workdir: str) -> str:
+    return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+def manager(
+    workdir: str, *, keep: int | None = None, async_save: bool = False, partial: bool = False
+) -> ocp.CheckpointManager:
+    """The orbax manager of WORKDIR/checkpoints.
+
+    keep: how many steps to keep (None: all). partial: restore-only manager whose `state` item reads a subset
+    of the saved tree (`restore_params`); it never writes, so it creates nothing.
+    """
+    handlers = {
+        STATE: ocp.PyTreeCheckpointHandler() if partial else ocp.StandardCheckpointHandler(),
+        DATA: grain.checkpoint.CheckpointHandler(),
+    }
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save, create=not partial)
+    return ocp.CheckpointManager(directory(workdir), options=options, item_handlers=handlers)
+
+
+def all_steps(workdir: str) -> list[int]:
+    """The saved steps of WORKDIR/checkpoints, ascending ([] when there is none)."""
+    if not os.path.isdir(directory(workdir)):
+        return []
+    with manager(workdir, partial=True) as mngr:
+        return sorted(mngr.all_steps())
+
+
+def latest_step(workdir: str) -> int | None:
+    steps = all_steps(workdir)
+    return steps[-1] if steps else None
+
+
+def _require_step(workdir: str, step: int | None) -> int:
+    steps = all_steps(workdir)
+    if not steps:
+        raise FileNotFoundError(f"no checkpoint in {directory(workdir)}: train (or convert) first")
+    if step is None:
+        return steps[-1]
+    if step not in steps:
+        raise FileNotFoundError(f"no checkpoint of step {step} in {directory(workdir)} (saved: {steps})")
+    return step
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Full train states
+
+
+def abstract_state(init_fn: Callable[[jax.Array], Any], mesh: Mesh, rng: jax.Array) -> tuple[Any, Any]:
+    """(shardings, abstract unboxed state carrying them) of the state `init_fn` builds, without allocating."""
+    boxed = jax.eval_shape(init_fn, rng)
+    shardings = mesh_lib.tree_shardings(mesh, boxed)
+    target = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), mesh_lib.strip_annotations(boxed), shardings
+    )
+    return shardings, target
+
+
+def init_state(init_fn: Callable[[jax.Array], Any], mesh: Mesh, rng: jax.Array) -> Any:
+    """A fresh state built directly in the shardings of its logical annotations (never whole on one device)."""
+    shardings, _ = abstract_state(init_fn, mesh, rng)
+    return jax.jit(lambda r: nn.meta.unbox(init_fn(r)), out_shardings=shardings)(rng)
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state: Any, data_iter: Any = None) -> None:
+    """Saves `state` (and the grain iterator position, when there is one) as `step`; async if the manager is."""
+    items = {STATE: ocp.args.StandardSave(state)}
+    if data_iter is not None:
+        items[DATA] = grain.checkpoint.CheckpointSave(data_iter)
+    mngr.save(step, args=ocp.args.Composite(**items))
+
+
+def restore_or_init(
+    mngr: ocp.CheckpointManager, init_fn: Callable[[jax.Array], Any], mesh: Mesh, rng: jax.Array, data_iter: Any = None
+) -> Any:
+    """The latest checkpoint (state and data position, restored into `data_iter`), else a fresh sharded init."""
+    latest = mesh_lib.agree_across_processes(mngr.latest_step(), "checkpoint step to resume from")
+    if latest is None:
+        return init_state(init_fn, mesh, rng)
+    logging.info("restoring checkpoint at step %d", latest)
+    _, target = abstract_state(init_fn, mesh, rng)
+    items = {STATE: ocp.args.StandardRestore(target)}
+    # A checkpoint without a data position (e.g. converted by `gptx.main convert`) starts a fresh iterator.
+    if data_iter is not None and DATA in mngr.item_metadata(latest):
+        items[DATA] = grain.checkpoint.CheckpointRestore(data_iter)
+    return mngr.restore(latest, args=ocp.args.Composite(**items))[STATE]
+
+
+def restore_state(
+    workdir: str, init_fn: Callable[[jax.Array], Any], mesh: Mesh, rng: jax.Array, step: int | None = None
+) -> Any:
+    """The full state of checkpoint `step` (None: the latest) in WORKDIR, in the shardings `init_fn` implies."""
+    step = _require_step(workdir, step)
+    _, target = abstract_state(init_fn, mesh, rng)
+    with manager(workdir, partial=True) as mngr:
+        restore = ocp.args.PyTreeRestore(item=target, restore_args=_restore_args(target))
+        return mngr.restore(step, args=ocp.args.Composite(**{STATE: restore}))[STATE]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Parameters alone
+
+
+def saved_tree(workdir: str, step: int) -> dict[str, Any]:
+    """The metadata tree (shapes, dtypes) of a checkpoint's state item."""
+    with manager(workdir, partial=True) as mngr:
+        meta = mngr.item_metadata(step)[STATE]
+    return getattr(meta, "tree", meta)
+
+
+def restore_params(
+    workdir: str, mesh: Mesh, target: Any, *, step: int | None = None, key: str = "", strict: bool = True
+) -> tuple[Any, int]:
+    """(params, step) of checkpoint `step` (None: the latest) in WORKDIR, without its optimizer state.
+
+    target: the logically annotated params the caller's model has (e.g. `jax.eval_shape` of its `init`); each
+    saved parameter is restored in that parameter's sharding on `mesh`. A saved parameter whose shape differs
+    from the target's (a smaller token table) is restored replicated, for `merge_params` to grow. key: the
+    sub-state holding the params ("policy" of a PPO run); "" reads `params`, or a PPO run's policy. strict: the
+    saved params must have the target's names and shapes (else a ValueError naming the first that differs);
+    callers that grow or merge (`merge_params`) pass False.
+    """
+    step = _require_step(workdir, step)
+    saved = saved_tree(workdir, step)
+    if not key and "params" not in saved and "policy" in saved:
+        key = "policy"  # a PPO run's workdir: its policy
+    node = saved.get(key, {}) if key else saved
+    if "params" not in node:
+        raise FileNotFoundError(
+            f"{directory(workdir)}/{step} has no {(key + '/') if key else ''}params: is it the right run's workdir?"
+        )
+    wanted = _params_target(node["params"], target, mesh, strict)
+    item = {key: {"params": wanted}} if key else {"params": wanted}
+    restore = ocp.args.PyTreeRestore(item=item, restore_args=_restore_args(item), partial_restore=True)
+    with manager(workdir, partial=True) as mngr:
+        state = mngr.restore(step, args=ocp.args.Composite(**{STATE: restore}))[STATE]
+    logging.info("restored params of step %d from %s", step, workdir)
+    return (state[key] if key else state)["params"], step
+
+
+def abstract_params(model: nn.Module, *inputs: Any) -> Any:
+    """The logically annotated, abstract params of `model` (its `init` on `inputs` under jax.eval_shape): the
+    `target` of restore_params."""
+    return jax.eval_shape(lambda: model.init(jax.random.key(0), *inputs))["params"]
+
+
+def _params_target(saved: Any, target: Any, mesh: Mesh, strict: bool) -> Any:
+    """ShapeDtypeStructs of the saved params: the target's sharding where the shapes agree, else replicated."""
+    shardings = mesh_lib.tree_shardings(mesh, target)
+    flat_sh = {_path_name(p): s for p, s in jax.tree_util.tree_leaves_with_path(shardings)}
+    values = jax.tree_util.tree_leaves_with_path(mesh_lib.strip_annotations(target))
+    flat_shape = {_path_name(p): tuple(x.shape) for p, x in values}
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def leaf(path, meta):
+        name = _path_name(path)
+        same = flat_shape.get(name) == tuple(meta.shape)
+        if strict and not same:
+            raise ValueError(
+                f"checkpoint parameter {name} has shape {tuple(meta.shape)}, config.model implies "
+                f"{flat_shape.get(name, 'no such parameter')}: pass the --config.model.* values it was trained with"
+            )
+        sharding = flat_sh[name] if same else replicated
+        return jax.ShapeDtypeStruct(tuple(meta.shape), meta.dtype, sharding=sharding)
+
+    wanted = jax.tree_util.tree_map_with_path(leaf, saved)
+    missing = sorted(set(flat_shape) - {_path_name(p) for p, _ in jax.tree_util.tree_leaves_with_path(wanted)})
+    if strict and missing:
+        raise ValueError(
+            f"the checkpoint has no parameter {missing[0]} (of {len(missing)} missing): does config.model match it?"
+        )
+    return wanted
+
+
+def _restore_args(target: Any) -> Any:
+    """Restore each array straight into its target sharding, shape and dtype."""
+    return jax.tree.map(
+        lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, global_shape=x.shape, dtype=x.dtype), target
+    )
+
+
+def _path_name(path) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+
+
+def grow_embedding(wte: jax.Array, vocab_size: int, rng: jax.Array, std: float = 0.02) -> jax.Array:
+    """The token table with rows appended up to `vocab_size` (new special tokens), drawn from N(0, std²);
+    the existing rows are kept exactly."""
+    n, d = wte.shape
+    if n > vocab_size:
+        raise ValueError(f"the pretrained embedding has {n} rows, more than config.model.vocab_size={vocab_size}")
+    if n == vocab_size:
+        return wte
+    new = std * jax.random.normal(rng, (vocab_size - n, d), wte.dtype)
+    return jnp.concatenate([wte, new], axis=0)
+
+
+def merge_params(boxed: Any, pretrained: Any, rng: jax.Array, init_std: float) -> Any:
+    """`boxed` (annotated params of a model being initialised) with values from `pretrained`; wte is grown when
+    the checkpoint's vocabulary is smaller. A missing or differently shaped parameter is a ValueError naming it."""
+
+    def take(path, box):
+        name = _path_name(path)
+        value = pretrained
+        for k in path:
+            if k.key not in value:
+                raise ValueError(f"pretrained checkpoint has no parameter {name}: does config.model match it?")
+            value = value[k.key]
+        annotated = isinstance(box, nn.LogicallyPartitioned)
+        want = box.value.shape if annotated else box.shape
+        if name == "wte":
+            value = grow_embedding(jnp.asarray(value), want[0], rng, init_std)
+        if tuple(value.shape) != tuple(want):
+            raise ValueError(
+                f"pretrained {name} has shape {tuple(value.shape)}, config.model implies {tuple(want)}: pass the "
+                "--config.model.* values the checkpoint was trained with"
+            )
+        value = jnp.asarray(value, box.value.dtype if annotated else box.dtype)
+        return box.replace_boxed(value) if annotated else value
+
+    return jax.tree_util.tree_map_with_path(take, boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
