@@ -4,12 +4,15 @@ Usage: --config=configs/gpt1.py  (or configs/gpt1.py:117m)
 """
 
 from gptx import config as gptx_config
+from gptx.errors import ConfigError
 
 # name -> (n_layer, d_model, n_head, context, vocab)
 SIZES = {"117m": (12, 768, 12, 512, 40478)}
 
 
 def get_config(arg: str = "117m"):
+    if arg not in SIZES:
+        raise ConfigError(f"configs/gpt1.py has no size {arg!r}; sizes: {', '.join(SIZES)}")
     c = gptx_config.default()
     n_layer, d_model, n_head, ctx, vocab = SIZES[arg]
     c.model.update(

@@ -4,6 +4,7 @@ Usage: --config=configs/gpt2.py:124m  (124m | 355m | 774m | 1.5b)
 """
 
 from gptx import config as gptx_config
+from gptx.errors import ConfigError
 
 # name -> (n_layer, d_model, n_head, lr). The paper tunes lr per size without publishing it; these follow
 # GPT-3's Table 2.1 at similar sizes.
@@ -16,6 +17,8 @@ SIZES = {
 
 
 def get_config(arg: str = "124m"):
+    if arg not in SIZES:
+        raise ConfigError(f"configs/gpt2.py has no size {arg!r}; sizes: {', '.join(SIZES)}")
     c = gptx_config.default()
     n_layer, d_model, n_head, lr = SIZES[arg]
     c.model.update(

@@ -4,6 +4,7 @@ Usage: --config=configs/gpt3.py:350m  (125m | 350m | 760m | 1.3b | 2.7b | 6.7b |
 """
 
 from gptx import config as gptx_config
+from gptx.errors import ConfigError
 
 CONTEXT = 2048
 # name -> (n_layer, d_model, n_head, d_head, batch size in tokens, learning rate), as in Table 2.1.
@@ -29,6 +30,8 @@ def batch_sequences(tokens: float) -> int:
 
 
 def get_config(arg: str = "125m"):
+    if arg not in SIZES:
+        raise ConfigError(f"configs/gpt3.py has no size {arg!r}; sizes: {', '.join(SIZES)}")
     c = gptx_config.default()
     n_layer, d_model, n_head, d_head, batch_tokens, lr = SIZES[arg]
     c.model.update(

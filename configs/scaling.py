@@ -12,7 +12,8 @@ Usage:
           ~50x in compute, the largest run 2.7M tokens. Its default corpus, the bundled Tiny Shakespeare (~0.3M tokens),
           would be repeated ~10 times by the largest run: train on a prepared corpus as above.
   "grid"  Chinchilla's L(N, D): 4 sizes x 4 token budgets (5 to 40 tokens per parameter), law="chinchilla".
-  "tiny"  2 runs of a few steps, for tests.
+  "tiny"  3 runs of a few steps (d_model 8, 16, 24: the 3 points L(C) = a C^b + c needs), for tests:
+          `scaling sweep --config=configs/scaling.py:tiny`, then `scaling fit` on the same workdir.
 
 Why these settings (tests/benchmarks/scaling_prediction.py): a run of ~100 steps is still in the early transient
 of training (its loss sits far above the line the longer runs follow), and with 4-5 points a transient at the small
@@ -24,6 +25,7 @@ axes and over-predicts the largest run's loss.
 """
 
 from gptx import config as gptx_config
+from gptx.errors import ConfigError
 
 
 def get_config(arg: str = ""):
@@ -70,8 +72,8 @@ def get_config(arg: str = ""):
         c.scaling.update(n_sizes=4, d_model_min=24, d_model_max=56)
         c.scaling.update(tokens_per_param_grid=(5.0, 10.0, 20.0, 40.0), min_steps=100, law="chinchilla")
     elif arg == "tiny":
-        c.scaling.update(n_sizes=2, d_model_min=8, d_model_max=16, n_layer_min=1, n_layer_max=1, tokens_per_param=1e-3)
+        c.scaling.update(n_sizes=3, d_model_min=8, d_model_max=24, n_layer_min=1, n_layer_max=1, tokens_per_param=1e-3)
         c.scaling.update(min_steps=4, holdout=0, bootstrap=20)
     elif arg:
-        raise ValueError(f"configs/scaling.py: unknown preset {arg!r} (use '', 'grid' or 'tiny')")
+        raise ConfigError(f"configs/scaling.py has no preset {arg!r}; presets: '' (the default), grid, tiny")
     return c

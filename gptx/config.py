@@ -164,6 +164,9 @@ def default() -> ml_collections.ConfigDict:
     c.data_prep.clean.max_dup_line_frac = 0.3  # non-empty lines that repeat another line
     c.data_prep.clean.max_dup_ngram_frac = 0.5  # words inside a dup_ngram-gram that occurs twice or more
     c.data_prep.clean.dup_ngram = 5
+    # U+FFFD (bytes that were not UTF-8) and control characters other than \t \n \r, as a share of a document's
+    # characters: binary read as text scores 0.4-0.55, mojibake 0.01-0.04, the shared corpora's worst kept 0.0007
+    c.data_prep.clean.max_bad_char_ratio = 0.01
     c.data_prep.dedup = ml_collections.ConfigDict()
     c.data_prep.dedup.exact = True
     c.data_prep.dedup.fuzzy = True

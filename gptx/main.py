@@ -1,12 +1,19 @@
 """The one entry point: `python -m gptx.main <command> --config=configs/x.py[:arg] --workdir=DIR`.
 
-Any config field can be overridden on the command line, e.g. `--config.train.steps=100`.
+Any config field can be overridden on the command line, e.g. `--config.train.steps=100`;
+`python -m gptx.main --help` lists the commands, `python -m gptx.main CMD --help` describes one.
+Exit status (README, "Exit codes"): 0 done, 1 a bug (traceback), 2 a user error (one line), 3 a diverged run,
+75 stopped by SIGTERM after saving (rerun the same command to resume).
 """
 
 from __future__ import annotations
 
+import difflib
+import logging as std_logging
+import os
 import re
 import sys
+import tempfile
 import typing
 
 import jax
@@ -15,12 +22,23 @@ from ml_collections import config_flags
 
 from gptx import config as config_lib
 from gptx import mesh as mesh_lib
-from gptx.errors import ConfigError, DataError, InteropError, NonFiniteLossError
+from gptx import usage
+from gptx.errors import (
+    EXIT_BUG,
+    EXIT_DIVERGED,
+    EXIT_PREEMPTED,
+    EXIT_USER_ERROR,
+    ConfigError,
+    DataError,
+    InteropError,
+    NonFiniteLossError,
+    Preempted,
+)
 
-# Failures a user can fix (a bad config, unreadable data, an unconvertible checkpoint, a missing file) and a
-# diverged run: each ends the command with one line, `gptx: error: ...`, and exit status 2 (1 for a diverged run).
-# Any other exception is a bug and keeps its traceback.
-USER_ERRORS = (ConfigError, DataError, InteropError, FileNotFoundError, NonFiniteLossError)
+# Failures a user can fix (a bad config, unreadable data, an unconvertible checkpoint, a missing file): each ends
+# the command with one line, `gptx: error: ...`, and exit status 2. A diverged run is one line and exit status 3,
+# a run stopped by SIGTERM (after saving) one line and 75. Any other exception is a bug and keeps its traceback.
+USER_ERRORS = (ConfigError, DataError, InteropError, FileNotFoundError)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A config file: configs/NAME.py[:ARG].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and reports.")
@@ -170,6 +188,23 @@ def _convert(cfg, workdir: str) -> None:
     )
 
 
+def _flat(d: dict, prefix: str = "") -> typing.Iterator[tuple[str, object]]:
+    for key, value in d.items():
+        if isinstance(value, dict) and value:
+            yield from _flat(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def _config(cfg, workdir: str | None) -> None:
+    """Prints every key of the validated config, `key = value`, noting the schema default where it differs."""
+    defaults = dict(_flat(config_lib.default().to_dict()))
+    print(f"# {_config_spec(sys.argv) or 'config'}, validated; override any key with --config.KEY=VALUE")
+    for key, value in _flat(cfg.to_dict()):
+        differs = key in defaults and defaults[key] != value
+        print(f"{key} = {value!r}" + (f"  # default: {defaults[key]!r}" if differs else ""))
+
+
 COMMANDS = {
     "train": _train,
     "tokenizer": _tokenizer,
@@ -184,32 +219,114 @@ COMMANDS = {
     "sft": _sft,  # InstructGPT: supervised fine-tuning on demonstrations
     "rm": _rm,  # InstructGPT: reward model on K-choose-2 comparisons
     "ppo": _ppo,  # InstructGPT: PPO-ptx against the reward model
+    "config": _config,  # prints the resolved config; starts no devices, needs no workdir
 }
+NO_WORKDIR = {"config"}  # commands that neither read nor write a workdir
+NO_DEVICES = {"config", "aot"}  # aot checks the mesh against its target topology instead of this machine's devices
+USAGE, HELP = usage.USAGE, usage.HELP
 
 
 def main(argv: list[str]) -> None:
-    usage = f"usage: python -m gptx.main <{'|'.join(COMMANDS)}> --config=configs/NAME.py[:ARG] --workdir=DIR"
-    takes_action = len(argv) > 1 and argv[1] == "scaling"
-    if len(argv) != 2 + takes_action or argv[1] not in COMMANDS:
-        raise app.UsageError(usage + ("\n  scaling takes an action: sweep | fit | predict" if takes_action else ""))
-    if _CONFIG.value is None or _WORKDIR.value is None:
-        raise app.UsageError(f"--config and --workdir are required\n{usage}")
+    command, args = (argv[1], argv[2:]) if len(argv) > 1 else (None, [])
+    _check_command(command)
+    if command == "scaling" and len(args) != 1:
+        _fail("scaling takes one action: sweep | fit | predict", EXIT_USER_ERROR)
+    if command != "scaling" and args:
+        _fail(f"{command} takes no positional arguments, got {' '.join(args)}", EXIT_USER_ERROR)
+    missing = ["--config"] if _CONFIG.value is None else []
+    missing += ["--workdir"] if command not in NO_WORKDIR and not _WORKDIR.value else []
+    if missing:
+        _fail(f"{command} needs {' and '.join(missing)} (python -m gptx.main {command} --help)", EXIT_USER_ERROR)
+    _quiet_library_logs()
     cfg = _CONFIG.value
     try:
         config_lib.validate(cfg)  # keys and shapes first: a typo should not wait for device start-up
-        if argv[1] != "aot":  # aot checks the mesh against its target topology instead
+        if command not in NO_WORKDIR:
+            check_workdir(_WORKDIR.value)
+        if command not in NO_DEVICES:
             mesh_lib.initialize_distributed(cfg.mesh)
             config_lib.validate(cfg, jax.device_count())
-        COMMANDS[argv[1]](cfg, _WORKDIR.value, *argv[2:])
+        COMMANDS[command](cfg, _WORKDIR.value, *args)
+    except Preempted as e:
+        print(f"gptx: {e}", file=sys.stderr)
+        sys.exit(EXIT_PREEMPTED)
+    except NonFiniteLossError as e:
+        _fail(e, EXIT_DIVERGED)
     except USER_ERRORS as e:
-        logging.error("%s", e)  # into the run's log too (absl logging starts once flags are parsed)
-        _fail(e, 1 if isinstance(e, NonFiniteLossError) else 2)
+        _fail(e, EXIT_USER_ERROR)
 
 
 def _fail(e: BaseException | str, status: int) -> typing.NoReturn:
     """Ends the process with one line naming what is wrong, not a traceback."""
     print(f"gptx: error: {e}", file=sys.stderr)
     sys.exit(status)
+
+
+def _check_command(command: str | None) -> None:
+    """One line listing the commands for a missing or unknown command (not absl's help dump)."""
+    line = f"usage: python -m gptx.main <{'|'.join(COMMANDS)}> --config=configs/NAME.py[:ARG] --workdir=DIR"
+    if command is None:
+        _fail(f"no command given; {line}", EXIT_USER_ERROR)
+    if command not in COMMANDS:
+        close = difflib.get_close_matches(command, COMMANDS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        _fail(f"unknown command {command!r}{hint}; {line}", EXIT_USER_ERROR)
+
+
+def check_workdir(workdir: str) -> None:
+    """ConfigError naming the workdir when it is remote, a file, or cannot be created or written.
+
+    Runs before devices start: an unusable workdir should not cost the start-up, nor fail at the first save.
+    """
+    scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]*)://", workdir)
+    if scheme:
+        raise ConfigError(
+            f"--workdir={workdir}: remote storage ({scheme.group(1)}://) is not supported yet; use a local directory"
+        )
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ConfigError(f"--workdir={workdir} is a file, not a directory")
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as e:
+        files = [p for p in _parents(workdir) if os.path.exists(p) and not os.path.isdir(p)]
+        why = f"{files[0]} is a file" if files else e.strerror
+        raise ConfigError(f"--workdir={workdir} cannot be created: {why}") from e
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".gptx-write-check-", dir=workdir)  # os.access() is no proof as root
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise ConfigError(f"--workdir={workdir} is not writable: {e.strerror}") from e
+
+
+def _parents(path: str) -> list[str]:
+    """The directories above `path`, nearest first."""
+    out, path = [], os.path.abspath(path)
+    while os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+        out.append(path)
+    return out
+
+
+# Library INFO lines (orbax, absl, jax: hundreds per command) would bury the progress bar. Unless the user sets
+# --verbosity, they are dropped; gptx's own INFO lines and every WARNING or worse still reach stderr.
+_GPTX_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+class _LibraryInfoFilter(std_logging.Filter):
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        return record.levelno >= std_logging.WARNING or os.path.abspath(record.pathname).startswith(_GPTX_DIR)
+
+
+_LIBRARY_INFO_FILTER = _LibraryInfoFilter()
+
+
+def _quiet_library_logs() -> None:
+    handler = logging.get_absl_handler()
+    if flags.FLAGS["verbosity"].present:
+        handler.removeFilter(_LIBRARY_INFO_FILTER)
+    else:
+        handler.addFilter(_LIBRARY_INFO_FILTER)  # no-op when already there
 
 
 def _unknown_override(e: AttributeError | KeyError, argv: list[str]) -> str | None:
@@ -232,18 +349,75 @@ def _unknown_override(e: AttributeError | KeyError, argv: list[str]) -> str | No
     return f"unknown config key {key!r} in the override --config.{override}" + (f"; {hint.group(0)}" if hint else "")
 
 
+_HELP_FLAGS = ("-h", "-help", "--help", "--helpshort", "-?")
+
+
+def _config_spec(argv: list[str]) -> str | None:
+    """The value of the last --config flag in argv (`--config=X` or `--config X`), or None."""
+    spec = None
+    for i, arg in enumerate(argv):
+        if re.fullmatch(r"--?config", arg) and i + 1 < len(argv):
+            spec = argv[i + 1]
+        elif re.match(r"--?config=", arg):
+            spec = arg.split("=", 1)[1]
+    return spec
+
+
+def _before_parsing(argv: list[str]) -> None:
+    """Help, an unknown command and a missing config file, before absl parses flags and loads the config."""
+    args = argv[1 : argv.index("--")] if "--" in argv else argv[1:]
+    first = args[0] if args and not args[0].startswith("-") else None
+    if first == "help":  # `gptx help [CMD]`
+        args, first = [*args[1:], "--help"], (args[1] if len(args) > 1 else None)
+    if any(a in _HELP_FLAGS for a in args):
+        if first is None:
+            print(usage.overview(COMMANDS))
+        else:
+            _check_command(first)
+            print(f"{first}: {HELP[first][0]}\n\n{HELP[first][1]}")
+        sys.exit(0)
+    if first is not None:
+        _check_command(first)
+    spec = _config_spec(argv)
+    if spec:
+        path = spec.split(":", 1)[0]
+        if not os.path.isfile(path):
+            here = sorted(f for f in os.listdir("configs") if f.endswith(".py")) if os.path.isdir("configs") else []
+            listed = f"; config files in configs/: {', '.join(here)}" if here else ""
+            _fail(f"--config={spec}: no such config file {path}{listed}", EXIT_USER_ERROR)
+
+
+def _config_error(e: BaseException) -> ConfigError | None:
+    """The innermost ConfigError that a config file's get_config raised, under absl's and ml_collections' wrappers."""
+    found = None
+    while e is not None:
+        if isinstance(e, ConfigError):
+            found = e
+        e = e.__cause__ or e.__context__
+    return found
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
-    """absl's flag parsing (which loads --config and applies its overrides), with bad overrides in one line.
+    """absl's flag parsing (which loads --config and applies its overrides), with user errors in one line.
 
     Only this phase maps AttributeError/KeyError to a config message; raised inside a command they are bugs.
     """
+    _before_parsing(argv)
     try:
-        return app.parse_flags_with_usage(argv)
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        config_error = _config_error(e)
+        if config_error is not None:  # e.g. a size the config file's table lacks
+            _fail(config_error, EXIT_USER_ERROR)
+        if str(e).startswith("flag --config="):  # any other failure inside a config file: a bug, with its traceback
+            print(f"FATAL Flags parsing error: {e}", file=sys.stderr)
+            sys.exit(EXIT_BUG)
+        _fail(e, EXIT_USER_ERROR)  # an unknown flag, a bad flag value
     except (AttributeError, KeyError) as e:
         message = _unknown_override(e, argv)
         if message is None:
             raise
-        _fail(message, 2)
+        _fail(message, EXIT_USER_ERROR)
 
 
 def run() -> None:

@@ -47,7 +47,7 @@ python="${PYTHON:-python3}"
 if [[ $task == 1 ]]; then
   # One SLURM task: the coordinator is the allocation's first node; every task computes the same address.
   : "${SLURM_PROCID:?--task runs inside srun (SLURM_PROCID is not set)}" "${SLURM_NTASKS:?}" "${SLURM_JOB_NODELIST:?}"
-  coordinator="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"
+  coordinator="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | awk 'NR == 1')"  # awk reads it all: no SIGPIPE under pipefail
   exec "$python" -m gptx.main "$@" "--config.mesh.coordinator_address=$coordinator:$port" \
     "--config.mesh.num_processes=$SLURM_NTASKS" "--config.mesh.process_id=$SLURM_PROCID"
 fi

@@ -7,7 +7,7 @@
 # usage: launch/tpu_pod.sh [--dry-run] --name NAME --zone ZONE --type ACCELERATOR_TYPE [--version RUNTIME]
 #                          [--project PROJECT] [--spot] [--delete] [--logs DIR] [-- <command> --config=... --workdir=...]
 #   e.g. launch/tpu_pod.sh --name gptx-350m --zone us-west4-a --type v5litepod-16 -- \
-#          train --config=configs/gpt3.py:350m --workdir=gs://BUCKET/gpt3-350m
+#          train --config=configs/gpt3.py:350m --workdir=/mnt/shared/gpt3-350m   # a directory every worker mounts
 #        launch/tpu_pod.sh --name gptx-350m --zone us-west4-a --type v5litepod-16 --delete   # only delete
 set -euo pipefail
 

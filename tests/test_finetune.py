@@ -90,18 +90,6 @@ def model_batch(seqs_per_example, tasks, n_seqs, seq_len=16):
     return {k: jnp.asarray(np.stack([r[k] for r in rows])) for k in rows[0]}
 
 
-def apply(model, params, batch, **kw):
-    return model.apply(
-        {"params": params},
-        batch["tokens"],
-        batch["segment_ids"],
-        batch["extract_pos"],
-        batch["seq_mask"],
-        batch["task"],
-        **kw,
-    )
-
-
 def init(model, n_seqs, seq_len=16, seed=0):
     tx = optax.sgd(0.1)
     return nn.meta.unbox(finetune.make_init_fn(model, tx, n_seqs, seq_len, None)(jax.random.key(seed))).params
@@ -112,15 +100,15 @@ def test_the_head_reads_the_extract_tokens_hidden_state():
     params = init(model, 1)
     seq = [S, 5, 6, 7, E]
     base = model_batch([[seq]], [0], 1)
-    logits, _ = apply(model, params, base)
+    logits, _ = finetune.apply(model, params, base)
     # Tokens after the extract token (padding, or junk in its place) cannot change the prediction...
     junk = base["tokens"].at[0, 0, len(seq) :].set(77)
-    np.testing.assert_array_equal(apply(model, params, {**base, "tokens": junk})[0], logits)
+    np.testing.assert_array_equal(finetune.apply(model, params, {**base, "tokens": junk})[0], logits)
     # ...while the tokens it reads do, and so would reading another position.
     other = model_batch([[[S, 5, 9, 7, E]]], [0], 1)
-    assert not np.allclose(apply(model, params, other)[0], logits)
+    assert not np.allclose(finetune.apply(model, params, other)[0], logits)
     moved = {**base, "extract_pos": base["extract_pos"] - 1}
-    assert not np.allclose(apply(model, params, moved)[0], logits)
+    assert not np.allclose(finetune.apply(model, params, moved)[0], logits)
 
 
 def test_similarity_is_symmetric_in_its_two_inputs():
@@ -130,12 +118,12 @@ def test_similarity_is_symmetric_in_its_two_inputs():
     ab = ft.transform(ft.Example(words(5, 6, 7), words(8, 9)), ft.SIMILARITY, tok, SPECIAL, 16)
     ba = ft.transform(ft.Example(words(8, 9), words(5, 6, 7)), ft.SIMILARITY, tok, SPECIAL, 16)
     assert ab == ba[::-1]
-    logits, _ = apply(model, params, model_batch([ab, ba], [0, 0], 2))
+    logits, _ = finetune.apply(model, params, model_batch([ab, ba], [0, 0], 2))
     np.testing.assert_allclose(logits[0], logits[1], rtol=1e-6, atol=1e-6)
     # Not trivially so: one ordering alone gives different logits than the other.
     one = model_batch([[ab[0]], [ab[1]]], [0, 0], 2)
     one = {**one, "seq_mask": jnp.ones_like(one["seq_mask"])}  # filler in slot 1 of both rows
-    single, _ = apply(model, params, one)
+    single, _ = finetune.apply(model, params, one)
     assert not np.allclose(single[0], single[1])
 
 
@@ -145,7 +133,7 @@ def test_multiple_choice_is_a_softmax_over_per_choice_scores():
     choices = [[S, 5, D, 10 + k, E] for k in range(4)]
     perm = [2, 0, 3, 1]
     batch = model_batch([choices, [choices[i] for i in perm], choices[:1]], [0, 0, 1], 4)
-    logits, _ = apply(model, params, batch)
+    logits, _ = finetune.apply(model, params, batch)
     # One scalar per choice, independent of the other choices: permuting choices permutes the logits.
     np.testing.assert_allclose(logits[1], logits[0][np.array(perm)], rtol=1e-5, atol=1e-6)
     assert len(set(np.round(np.asarray(logits[0]), 6))) == 4

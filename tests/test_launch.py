@@ -12,7 +12,7 @@ import subprocess
 import pytest
 from conftest import REPO
 
-TRAIN = ["train", "--config=configs/gpt3.py:350m", "--workdir=gs://bucket/gpt3-350m"]
+TRAIN = ["train", "--config=configs/gpt3.py:350m", "--workdir=/mnt/shared/gpt3-350m"]
 
 
 def sh(script: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:

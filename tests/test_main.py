@@ -117,7 +117,7 @@ def test_bug_in_a_config_file_keeps_its_traceback(tmp_path):
         (errors.DataError("corpus.txt: line 3 (byte 7) is not valid UTF-8"), 2),
         (errors.InteropError("hf/config.json: activation_function='relu' is not supported"), 2),
         (FileNotFoundError("no checkpoint in /tmp/nowhere/checkpoints"), 2),
-        (errors.NonFiniteLossError("loss is nan at step 12; kept checkpoint 10"), 1),
+        (errors.NonFiniteLossError("loss is nan at step 12; kept checkpoint 10"), 3),
     ],
 )
 def test_user_error_in_a_command_is_one_line(monkeypatch, capsys, tmp_path, error, status):
@@ -157,6 +157,22 @@ def test_config_error_in_a_command_on_the_cli(tmp_path):
         "gptx: error: config.train.steps=0 must be positive"
     ]
     assert out.stderr.strip().splitlines()[-1] == "gptx: error: config.train.steps=0 must be positive"
+    assert out.stderr.count("config.train.steps=0 must be positive") == 1  # printed once, not logged as well
+
+
+def test_preempted_run_says_how_to_resume_and_exits_75(monkeypatch, capsys, tmp_path):
+    def command(cfg, workdir):
+        raise errors.Preempted(31)
+
+    monkeypatch.setitem(main_lib.COMMANDS, "train", command)
+    monkeypatch.setattr(sys, "argv", ["gptx", "train", "--config=configs/demo.py", f"--workdir={tmp_path}"])
+    monkeypatch.chdir(REPO)
+    with pytest.raises(SystemExit) as exit_:
+        main_lib.run()
+    assert exit_.value.code == errors.EXIT_PREEMPTED == 75
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "gptx: stopped at step 31 by SIGTERM; rerun the same command to resume"
+    ]
 
 
 def test_error_types_live_in_one_module():
@@ -167,11 +183,6 @@ def test_error_types_live_in_one_module():
     assert sources.DataError is errors.DataError and issubclass(errors.DataError, ValueError)
     assert interop.InteropError is errors.InteropError and issubclass(errors.InteropError, ValueError)
     assert issubclass(errors.NonFiniteLossError, RuntimeError)
-    user_errors = set(main_lib.USER_ERRORS)
-    assert user_errors == {
-        errors.ConfigError,
-        errors.DataError,
-        errors.InteropError,
-        FileNotFoundError,
-        errors.NonFiniteLossError,
-    }
+    user_errors = set(main_lib.USER_ERRORS)  # exit 2; a diverged run (3) and a preempted one (75) are not mistakes
+    assert user_errors == {errors.ConfigError, errors.DataError, errors.InteropError, FileNotFoundError}
+    assert (errors.EXIT_BUG, errors.EXIT_USER_ERROR, errors.EXIT_DIVERGED, errors.EXIT_PREEMPTED) == (1, 2, 3, 75)

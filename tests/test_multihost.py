@@ -15,8 +15,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def decoy_python3(directory) -> str:
+    """A directory whose `python3` fails: a test that started it instead of sys.executable would fail."""
+    bin_dir = directory / "decoy_bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "python3").write_text("#!/bin/sh\necho 'python3 from PATH started' >&2\nexit 97\n")
+    (bin_dir / "python3").chmod(0o755)
+    return str(bin_dir)
+
+
 def launch(workdir, steps: int, *overrides: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device per process
+    env["PYTHON"] = sys.executable  # launch/local.sh starts this interpreter, not whatever python3 is on PATH
+    env["PATH"] = f"{decoy_python3(workdir.parent)}:{env['PATH']}"
     return subprocess.run(
         ["bash", "launch/local.sh", "--processes", "2", "--port", str(free_port()), "--", "train",
          "--config=configs/demo.py", f"--workdir={workdir}", f"--config.train.steps={steps}",

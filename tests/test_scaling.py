@@ -9,6 +9,7 @@ from conftest import SHARED_DATA, load_config
 
 from gptx import scaling
 from gptx.config import ConfigError
+from gptx.scaling import runs as scaling_runs
 
 CHINCHILLA_CSV = SHARED_DATA / "scaling" / "chinchilla_svg_extracted.csv"
 # Besiroglu et al. 2024 (epoch-research/analyzing-chinchilla, fit on the 240 points left after dropping the 5
@@ -117,21 +118,40 @@ def test_prediction_is_made_before_and_compared_after(tmp_path):
     assert abs(after["rel_error"]) < 0.01
 
 
-def test_sweep_writes_results_and_skips_finished_runs(tmp_path, monkeypatch):
+def test_sweep_writes_results_skips_finished_runs_and_fits(tmp_path, monkeypatch):
+    """The `:tiny` preset end to end: `scaling sweep`, a rerun that trains nothing, then `scaling fit`."""
     cfg = load_config("scaling", "tiny")
     results = scaling.sweep(cfg, str(tmp_path))
     names = [name for name, _ in scaling.schedule(cfg)]
-    assert list(results) == names and len(names) == 2
+    assert list(results) == names and len(names) == 3
     for row in results.values():
         assert row["compute"] == row["flops_per_token"] * row["tokens"]
         assert row["tokens"] == row["steps"] * cfg.train.batch_size * cfg.model.block_size
         assert np.isfinite(row["loss"])
-    assert results[names[0]]["compute"] < results[names[1]]["compute"]
+    computes = [results[name]["compute"] for name in names]
+    assert computes == sorted(computes) and len(set(computes)) == 3
 
     from gptx.train import pretrain
 
     monkeypatch.setattr(pretrain, "run", lambda *a, **k: pytest.fail("a finished run was trained again"))
     assert scaling.sweep(cfg, str(tmp_path)) == results
+
+    out = scaling.run_command(cfg, str(tmp_path), "fit")
+    assert out["law"] == "compute" and out["points"] == 3
+    assert all(np.isfinite(out["params"][k]) for k in ("a", "b", "c"))
+    assert json.loads((tmp_path / "fit.json").read_text())["points"] == 3
+
+
+@pytest.mark.parametrize(("law", "n_runs"), [("compute", 2), ("chinchilla", 4)])
+def test_fit_on_fewer_runs_than_parameters_is_a_config_error(tmp_path, law, n_runs):
+    cfg = load_config("scaling", "grid")
+    cfg.scaling.law = law
+    rows = [{"name": name, **scaling.run_size(c), "loss": 5.0 - i} for i, (name, c) in enumerate(scaling.schedule(cfg))]
+    with open(tmp_path / scaling.RESULTS, "w") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows[:n_runs])
+    need = scaling_runs.LAW_PARAMETERS[law]
+    with pytest.raises(ConfigError, match=rf"scaling fit: {n_runs} finished runs in .*, the {law} law has {need} "):
+        scaling.run_command(cfg, str(tmp_path), "fit")
 
 
 def test_bad_scaling_config_names_the_key():

@@ -92,9 +92,9 @@ def test_sigterm_saves_a_checkpoint_and_stops(tmp_path, one_device_mesh):
             os.kill(os.getpid(), signal.SIGTERM)
         return batch
 
-    result = loop.train(lm_trainer(cfg, tmp_path, data_hook=term_on_third_batch), cfg, str(tmp_path), one_device_mesh)
-    assert result.stopped_early
-    step = int(result.state.step)
+    with pytest.raises(loop.Preempted, match=r"stopped at step \d+ by SIGTERM; rerun the same command") as stop:
+        loop.train(lm_trainer(cfg, tmp_path, data_hook=term_on_third_batch), cfg, str(tmp_path), one_device_mesh)
+    step = stop.value.step
     assert 3 <= step < 50
     assert checkpoints.latest_step(str(tmp_path)) == step
 

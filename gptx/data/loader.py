@@ -8,6 +8,7 @@ import grain
 import numpy as np
 
 from gptx.data import records
+from gptx.data.sources import DataError, Documents
 from gptx.data.tokenizer import Tokenizer
 
 
@@ -77,11 +78,28 @@ def split_train_val(docs: Sequence[str], val_fraction: float) -> tuple[Sequence[
     """The last `val_fraction` of the documents (in corpus order) is the validation split.
 
     A prepared corpus (`gptx.data.records.PreparedCorpus`) brings its own splits, held out per source before
-    mixing; `val_fraction` then does not apply.
+    mixing; `val_fraction` then does not apply. An empty training split is a DataError naming the corpus, raised
+    before anything compiles (`train`, `tokenizer`, PPO's pretraining mix all split here).
     """
     if isinstance(docs, records.PreparedCorpus):
+        if not len(docs.train):
+            raise DataError(f"0 training documents in {docs.directory} (its train shards are empty)")
         return docs.train, docs.val
     n_val = int(round(len(docs) * val_fraction))
     if val_fraction > 0 and n_val == 0:
         n_val = 1
-    return list(docs[: len(docs) - n_val]), list(docs[len(docs) - n_val :])
+    n_train = len(docs) - n_val
+    source, separator = getattr(docs, "source", ""), getattr(docs, "separator", "")
+    if not docs:
+        raise DataError(f"0 training documents in {source or 'the corpus'} (it has no documents)")
+    if n_train <= 0:
+        how = f" with config.data.doc_separator={separator!r}" if separator else ""
+        raise DataError(
+            f"0 training documents in {source or 'the corpus'}: it has {len(docs)} document"
+            f"{'s' * (len(docs) != 1)}{how}, all held out for validation by config.data.val_fraction="
+            f"{val_fraction:g} (split the corpus into more documents, or set --config.data.val_fraction=0)"
+        )
+    return (
+        Documents(docs[:n_train], source=source, separator=separator),
+        Documents(docs[n_train:], source=source, separator=separator),
+    )

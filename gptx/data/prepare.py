@@ -26,6 +26,7 @@ from collections.abc import Callable
 
 import ml_collections
 import numpy as np
+from absl import logging
 from tqdm import tqdm
 
 from gptx.config import ConfigError
@@ -65,6 +66,7 @@ def validate_data_prep(cfg: ml_collections.ConfigDict) -> list[readers.Source]:
         (p.on_bad_utf8 in ("repair", "skip"), "on_bad_utf8 must be repair or skip"),
         (0.0 <= p.val_fraction < 1.0, "val_fraction must be in [0, 1)"),
         (p.shard_docs > 0, "shard_docs must be positive"),
+        (0.0 <= p.clean.max_bad_char_ratio <= 1.0, "clean.max_bad_char_ratio must be in [0, 1]"),
         (0.0 < p.dedup.threshold <= 1.0, "dedup.threshold must be in (0, 1]"),
         (p.dedup.num_perm > 0 and p.dedup.ngram > 0, "dedup.num_perm and dedup.ngram must be positive"),
         (p.dedup.bands * p.dedup.rows <= p.dedup.num_perm, "dedup.bands * dedup.rows must be <= dedup.num_perm"),
@@ -105,6 +107,11 @@ def stage_read(_: list[dict], ctx: Context) -> tuple[list[dict], dict]:
     bad = {}
     for src in ctx.sources:
         recs, stats = readers.read_source(src, ctx.cfg.on_bad_utf8)
+        if not recs:
+            found = ", ".join(f"{k} {v}" for k, v in stats.bad.items())
+            stats.warnings.append(
+                f"source {src.name!r} yielded 0 documents from {src.path}" + (f" (bad input: {found})" if found else "")
+            )
         out.extend(recs)
         bad[src.name] = stats.to_dict()
     return out, {"sources": bad}
@@ -337,7 +344,7 @@ def _stage_row(name: str, before: dict, after: dict, seconds: float, details: di
 
 def run_stages(ctx: Context, progress: tqdm | None = None) -> tuple[list[dict], list[dict], str]:
     """Runs (or resumes) every stage; returns (final records, one report row per stage, final fingerprint)."""
-    fps, fp = [], "gptx-prepare-v1"
+    fps, fp = [], "gptx-prepare-v2"  # v2: damaged archives are cut where they broke (readers._File)
     for name in STAGES:
         fp = _fingerprint(fp, stage_settings(ctx, name))
         fps.append(fp)
@@ -438,6 +445,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
         recs, rows, fp = run_stages(ctx, bar)
         bar.set_description("prepare: shards")
         shards = write_shards(ctx, recs, fp, bar)
+    for warning in summary.warnings(rows):  # a resumed read stage repeats its warnings
+        logging.warning("prepare: %s", warning)
     report = {
         "output_dir": os.path.abspath(out),
         "seconds": round(time.perf_counter() - t0, 2),

@@ -3,17 +3,22 @@
 A source is one or more files with a name and the field that holds its text. Reading never stops on bad input:
 a line that is not JSON, a row with the wrong number of columns, a record without its text field, an empty
 document, or bytes that are not UTF-8 are counted in a `ReadStats` with file and line, and the record is skipped
-(non-UTF-8 bytes are repaired with U+FFFD instead when `on_bad_utf8="repair"`).
+(non-UTF-8 bytes are repaired with U+FFFD instead when `on_bad_utf8="repair"`). A compressed file that breaks
+mid-stream keeps the documents before the break and counts the rest as unreadable from the line where it broke
+(`_File`); a source that yields nothing is a warning in the `prepare` log and summary.
 """
 
 from __future__ import annotations
 
+import bisect
 import collections
 import csv
 import dataclasses
 import glob
 import json
+import lzma
 import os
+import zlib
 from collections.abc import Iterator
 
 from gptx.data.paths import REPO
@@ -74,6 +79,7 @@ class ReadStats:
     bytes: int = 0
     bad: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     examples: list[str] = dataclasses.field(default_factory=list)
+    warnings: list[str] = dataclasses.field(default_factory=list)  # damaged files, for the log and summary.md
 
     def flag(self, kind: str, where: str) -> None:
         self.bad[kind] += 1
@@ -81,7 +87,13 @@ class ReadStats:
             self.examples.append(f"{where}: {kind.replace('_', ' ')}")
 
     def to_dict(self) -> dict:
-        return {"documents": self.documents, "bytes": self.bytes, "bad": dict(self.bad), "examples": self.examples}
+        return {
+            "documents": self.documents,
+            "bytes": self.bytes,
+            "bad": dict(self.bad),
+            "examples": self.examples,
+            "warnings": self.warnings,
+        }
 
 
 def resolve_path(path: str) -> str:
@@ -129,46 +141,156 @@ def _open_bytes(path: str):
     return opener(path, "rb")
 
 
-def _decoded_lines(path: str, on_bad_utf8: str, stats: ReadStats) -> Iterator[tuple[int, str | None]]:
-    """(line number, text) of each line; text None for a non-UTF-8 line that is skipped."""
-    try:
-        with _open_bytes(path) as f:
-            for line_no, raw in enumerate(f, 1):
-                try:
-                    yield line_no, raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    repaired = on_bad_utf8 == "repair"
-                    stats.flag(
-                        "non_utf8_repaired" if repaired else "non_utf8_skipped", f"{path}:{line_no} byte {e.start}"
-                    )
-                    yield line_no, raw.decode("utf-8", "replace") if repaired else None
-    except (OSError, EOFError) as e:  # a truncated or corrupt compressed file: keep what was read, report the rest
-        if isinstance(e, FileNotFoundError):
-            raise
-        stats.flag("unreadable_file", f"{path}: {e}")
+# What decompressors raise on damaged input: gzip/bz2 OSError (BadGzipFile, "Invalid data stream"), zlib.error,
+# lzma.LZMAError, EOFError for a stream cut short.
+STREAM_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError)
+DAMAGE = ("non_utf8_repaired", "non_utf8_skipped", "bad_json", "missing_field", "bad_row")  # a line looks damaged
 
 
-def _jsonl(path: str, field: str, on_bad_utf8: str, stats: ReadStats) -> Iterator[tuple[str, str]]:
-    for line_no, line in _decoded_lines(path, on_bad_utf8, stats):
+class _File:
+    """One file being read: its lines, and what could not be read of it, counted in `stats`.
+
+    A compressed file can break mid-stream (a cut download, damaged bytes). The decompressor raises at the
+    break, but what it produced just before may already be garbage: xz checks a block at its end, bz2 a whole
+    block of up to 900 kB of text, gzip its CRC only at the end of the file. So the documents of a compressed
+    file are held back from its first line that looks damaged (`DAMAGE`), and those of a bz2 file always: if
+    the file ends cleanly they are kept; if it breaks on damaged bytes, the documents from the first
+    damaged-looking line, or (bz2) from the start of the block that failed its check, are dropped and counted
+    as `lines_after_break`, and those before are kept. A file cut short (EOFError) decoded correctly up to the
+    cut: all its whole lines are kept. A gzip CRC failure with no damaged-looking line cannot be located: what
+    was read is kept, with a warning. Every break is counted as `unreadable_file` at the line it cut from.
+    """
+
+    def __init__(self, path: str, stats: ReadStats):
+        self.path, self.stats = path, stats
+        self.compressed = path.endswith(tuple(_OPENERS))
+        self.block = _bz2_block_bytes(path)  # 0 unless bz2
+        self.starts: list[int] = [0]  # bz2: uncompressed offset at which each line starts (and the end)
+        self.suspect = 0  # first damaged-looking line of a compressed file; 0: none
+        self.held_flags: list[tuple[int, str, str]] = []  # (line, kind, where)
+        self.held: list[tuple[int, str, str]] = []  # (line, where, text)
+        self.error = ""  # what broke the stream
+        self.truncated = False  # it ended early (EOFError): what came before it decoded correctly
+        self.lines_read = 0  # whole lines read
+
+    def flag(self, kind: str, where: str, line: int) -> None:
+        if self.compressed and not self.suspect and kind in DAMAGE:
+            self.suspect = line
+        if self.suspect or self.block:
+            self.held_flags.append((line, kind, where))
+        else:
+            self.stats.flag(kind, where)
+
+    def keep(self, line: int, where: str, text: str) -> list[tuple[str, str]]:
+        """The records that can be kept now: this one, or none while records are held back."""
+        if self.suspect or self.block:
+            self.held.append((line, where, text))
+            return []
+        return [(where, text)]
+
+    def lines(self, on_bad_utf8: str) -> Iterator[tuple[int, str | None]]:
+        """(line number, text) of each whole line; text None for a non-UTF-8 line that is skipped."""
+        previous = None
+        try:
+            with _open_bytes(self.path) as f:
+                for line_no, raw in enumerate(f, 1):
+                    # One line behind: a line without its newline at a break was cut short, not read whole.
+                    if previous is not None:
+                        yield self._decode(*previous, on_bad_utf8)
+                    previous, self.lines_read = (line_no, raw), line_no
+                    if self.block:
+                        self.starts.append(self.starts[-1] + len(raw))
+        except STREAM_ERRORS as e:
+            if isinstance(e, FileNotFoundError):
+                raise
+            if isinstance(e, (PermissionError, IsADirectoryError)):
+                raise DataError(f"{self.path}: {e.strerror}") from None
+            self.error = " ".join(str(e).split()) or type(e).__name__
+            self.truncated = isinstance(e, EOFError)
+            if previous is not None and not previous[1].endswith(b"\n"):
+                previous, self.lines_read = None, previous[0] - 1
+        if previous is not None:
+            yield self._decode(*previous, on_bad_utf8)
+
+    def _decode(self, line_no: int, raw: bytes, on_bad_utf8: str) -> tuple[int, str | None]:
+        try:
+            return line_no, raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            repaired = on_bad_utf8 == "repair"
+            kind = "non_utf8_repaired" if repaired else "non_utf8_skipped"
+            self.flag(kind, f"{self.path}:{line_no} byte {e.start}", line_no)
+            return line_no, raw.decode("utf-8", "replace") if repaired else None
+
+    def checksum_failed(self) -> bool:
+        """gzip read to its end, but its CRC or length did not match: damaged somewhere, nothing says where."""
+        return "CRC check failed" in self.error or "Incorrect length" in self.error
+
+    def cut(self) -> int:
+        """The first line whose documents are not kept (past the end when all are)."""
+        end = self.lines_read + 1
+        if not self.error or self.truncated or (self.checksum_failed() and not self.suspect):
+            return end
+        cut = self.suspect or end
+        if self.block:  # the block that failed began at most `block` bytes before the break
+            cut = min(cut, bisect.bisect_left(self.starts, self.starts[self.lines_read] - self.block) + 1)
+        return cut
+
+    def finish(self) -> tuple[list[tuple[str, str]], str]:
+        """(records held back that are kept, a warning or "") once the file has been read."""
+        cut, end = self.cut(), self.lines_read + 1
+        for line, kind, where in self.held_flags:
+            if line < cut:
+                self.stats.flag(kind, where)
+        kept = [(where, text) for line, where, text in self.held if line < cut]
+        if not self.error:
+            return kept, ""
+        self.stats.flag("unreadable_file", f"{self.path}:{min(cut, end)}: {self.error}")
+        if cut < end:
+            self.stats.bad["lines_after_break"] += end - cut
+            return kept, (
+                f"{self.path} is damaged ({self.error}): its documents from line {cut} on were dropped "
+                f"({len(self.held) - len(kept)} documents in {end - cut} lines), those before kept"
+            )
+        if self.checksum_failed():
+            return kept, (
+                f"{self.path} is damaged ({self.error} at its end): the damage could not be located, so the "
+                "documents read from it were kept; check them, or fetch the file again"
+            )
+        return kept, f"{self.path} is damaged ({self.error}): read up to line {end - 1}, the rest is lost"
+
+
+def _bz2_block_bytes(path: str) -> int:
+    """Uncompressed bytes in a block of a bz2 file (header `BZh1`..`BZh9`: 100..900 kB); 0 for other files."""
+    if not path.endswith(".bz2"):
+        return 0
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return 100_000 * int(chr(head[3])) if head[:3] == b"BZh" and head[3:4].isdigit() else 0
+
+
+def _jsonl(file: _File, field: str, on_bad_utf8: str) -> Iterator[tuple[str, str]]:
+    path = file.path
+    for line_no, line in file.lines(on_bad_utf8):
         if line is None or not line.strip():
             continue
         try:
             rec = json.loads(line)
         except ValueError:
-            stats.flag("bad_json", f"{path}:{line_no}")
+            file.flag("bad_json", f"{path}:{line_no}", line_no)
             continue
         text = rec.get(field) if isinstance(rec, dict) else None
         if not isinstance(text, str):
-            stats.flag("missing_field", f"{path}:{line_no} (no string {field!r})")
+            file.flag("missing_field", f"{path}:{line_no} (no string {field!r})", line_no)
             continue
-        yield f"{path}:{line_no}", text
+        yield from file.keep(line_no, f"{path}:{line_no}", text)
 
 
-def _table(path: str, field: str, delimiter: str, on_bad_utf8: str, stats: ReadStats) -> Iterator[tuple[str, str]]:
+def _table(file: _File, field: str, delimiter: str, on_bad_utf8: str) -> Iterator[tuple[str, str]]:
+    path = file.path
     numbers: list[int] = []
 
     def lines():
-        for line_no, line in _decoded_lines(path, on_bad_utf8, stats):
+        for line_no, line in file.lines(on_bad_utf8):
             if line is not None:
                 numbers.append(line_no)
                 yield line
@@ -183,19 +305,28 @@ def _table(path: str, field: str, delimiter: str, on_bad_utf8: str, stats: ReadS
         raise DataError(f"{path}: header {header} has no column {field!r} (set the source's text_field)")
     col = header.index(field)
     for row in reader:
-        where = f"{path}:{numbers[reader.line_num - 1] if reader.line_num <= len(numbers) else reader.line_num}"
+        line_no = numbers[reader.line_num - 1] if reader.line_num <= len(numbers) else reader.line_num
         if not row:
             continue
         if len(row) != len(header):
-            stats.flag("bad_row", f"{where} ({len(row)} columns, header has {len(header)})")
+            file.flag("bad_row", f"{path}:{line_no} ({len(row)} columns, header has {len(header)})", line_no)
             continue
-        yield where, row[col]
+        yield from file.keep(line_no, f"{path}:{line_no}", row[col])
 
 
-def _text(path: str, separator: str, on_bad_utf8: str, stats: ReadStats) -> Iterator[tuple[str, str]]:
-    kept = [line for _, line in _decoded_lines(path, on_bad_utf8, stats) if line is not None]
-    for i, doc in enumerate(split_documents("".join(kept), separator)):
-        yield f"{path}#{i}", doc
+def _text(file: _File, separator: str, on_bad_utf8: str) -> Iterator[tuple[str, str]]:
+    lines = [(n, line) for n, line in file.lines(on_bad_utf8) if line is not None]
+    cut = file.cut()
+    if cut <= file.lines_read:
+        # Documents span lines: the document the cut falls in goes with it.
+        if separator == "blank_line":
+            cut = next((n + 1 for n, line in reversed(lines) if n < cut and not line.strip()), 1)
+        file.suspect = cut  # what `finish` counts from
+        after = "".join(line for n, line in lines if n >= cut)
+        file.held = [(cut, f"{file.path}:{cut}", doc) for doc in split_documents(after, separator)]
+        lines = [(n, line) for n, line in lines if n < cut]
+    for i, doc in enumerate(split_documents("".join(line for _, line in lines), separator)):
+        yield f"{file.path}#{i}", doc
 
 
 def _arrayrecord(path: str, field: str, stats: ReadStats) -> Iterator[tuple[str, str]]:
@@ -241,22 +372,34 @@ def read_source(src: Source, on_bad_utf8: str = "repair") -> tuple[list[dict], R
     stats = ReadStats()
     records: list[dict] = []
     for path in source_files(src):
+        file = _File(path, stats)
         fmt = file_format(path, src.format)
         if fmt == "jsonl":
-            items = _jsonl(path, src.text_field, on_bad_utf8, stats)
+            items = _jsonl(file, src.text_field, on_bad_utf8)
         elif fmt in ("tsv", "csv"):
-            items = _table(path, src.text_field, "\t" if fmt == "tsv" else ",", on_bad_utf8, stats)
+            items = _table(file, src.text_field, "\t" if fmt == "tsv" else ",", on_bad_utf8)
         elif fmt == "arrayrecord":
             items = _arrayrecord(path, src.text_field, stats)
         else:
-            items = _text(path, src.separator, on_bad_utf8, stats)
+            items = _text(file, src.separator, on_bad_utf8)
         for where, text in items:
-            if not text.strip():
-                stats.flag("empty", where)
-                continue
-            records.append({"id": os.path.basename(where), "source": src.name, "text": text})
-            stats.documents += 1
-            stats.bytes += len(text.encode("utf-8", "surrogatepass"))
-            if src.limit and len(records) >= src.limit:
+            if _add(records, stats, src, where, text):
+                return records, stats
+        held, warning = file.finish()
+        if warning:
+            stats.warnings.append(warning)
+        for where, text in held:
+            if _add(records, stats, src, where, text):
                 return records, stats
     return records, stats
+
+
+def _add(records: list[dict], stats: ReadStats, src: Source, where: str, text: str) -> bool:
+    """Appends a document (an empty one is counted); True once the source's `limit` is reached."""
+    if not text.strip():
+        stats.flag("empty", where)
+        return False
+    records.append({"id": os.path.basename(where), "source": src.name, "text": text})
+    stats.documents += 1
+    stats.bytes += len(text.encode("utf-8", "surrogatepass"))
+    return bool(src.limit) and len(records) >= src.limit

@@ -8,6 +8,7 @@ import importlib.resources
 import lzma
 import os
 import re
+import zlib
 from collections.abc import Sequence
 
 from gptx.errors import DataError  # also re-exported: `sources.DataError` predates gptx.errors
@@ -36,6 +37,9 @@ def read_text(path: str) -> str:
             raw = f.read()
     except FileNotFoundError:
         raise FileNotFoundError(f"corpus file {path} not found (config.data.corpus)") from None
+    except (OSError, EOFError, zlib.error, lzma.LZMAError) as e:  # a damaged or truncated archive
+        why = " ".join(str(e).split()) or type(e).__name__
+        raise DataError(f"{path}: cannot read it ({why}); is it damaged or cut short?") from None
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -56,11 +60,28 @@ def split_documents(text: str, separator: str) -> list[str]:
     return [d.strip("\n") for d in docs if d.strip()]
 
 
+class Documents(list):
+    """The documents of a text corpus (a plain list of str) that remember where they came from, so that a
+    later step (the train/validation split, tokenizer training) can name the file in its errors."""
+
+    def __init__(self, docs=(), *, source: str = "", separator: str = ""):
+        super().__init__(docs)
+        self.source, self.separator = source, separator
+
+
 def read_documents(path: str, separator: str = "blank_line") -> Sequence[str]:
-    """Documents of a corpus: a text file split by `separator`, or a directory written by `prepare`
-    (a lazy, random-access `gptx.data.records.PreparedCorpus` over its ArrayRecord shards)."""
+    """Documents of a corpus: a text file split by `separator` (`Documents`), or a directory written by
+    `prepare` (a lazy, random-access `gptx.data.records.PreparedCorpus` over its ArrayRecord shards).
+
+    A text file without a single document is a DataError before anything trains on it.
+    """
     from gptx.data import records  # late import: records imports grain
 
     if os.path.isdir(path):
         return records.PreparedCorpus(path)
-    return split_documents(read_text(path), separator)
+    text = read_text(path)
+    docs = Documents(split_documents(text, separator), source=resolve(path), separator=separator)
+    if not docs:
+        what = "the file is empty" if not text else f"its {text.count(chr(10)) + 1} lines hold only whitespace"
+        raise DataError(f"0 training documents in {resolve(path)} ({what}; config.data.corpus)")
+    return docs

@@ -13,6 +13,16 @@ def _table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def filter_section(report: dict) -> str:
+    """Documents each heuristic filter removed, per source (the first threshold a document breaks)."""
+    reasons = _details(report, "filter").get("reasons", {})
+    names = sorted({r for counts in reasons.values() for r in counts})
+    if not names:
+        return "No document failed a heuristic filter.\n"
+    rows = [[s, *(f"{counts.get(r, 0):,}" for r in names)] for s, counts in reasons.items()]
+    return _table(["source", *names], rows)
+
+
 def stage_table(report: dict) -> str:
     rows = [
         [
@@ -40,12 +50,19 @@ def _details(report: dict, name: str) -> dict:
     return next((s["details"] for s in report["stages"] if s["stage"] == name), {})
 
 
+def warnings(stages: list[dict]) -> list[str]:
+    """What reading found that needs a person: sources that yielded nothing, damaged files."""
+    read = next((s["details"] for s in stages if s["stage"] == "read"), {})
+    return [w for st in read.get("sources", {}).values() for w in st.get("warnings", [])]
+
+
 def bad_input(report: dict) -> str:
     rows = []
     for name, st in _details(report, "read").get("sources", {}).items():
         bad = ", ".join(f"{k} {v}" for k, v in st["bad"].items()) or "none"
         rows.append([name, f"{st['documents']:,}", _mb(st["bytes"]), bad, "; ".join(st["examples"][:3])])
-    return _table(["source", "documents", "MB", "bad input", "first locations"], rows)
+    table = _table(["source", "documents", "MB", "bad input", "first locations"], rows)
+    return table + "".join(f"\n**Warning**: {w}\n" for w in warnings(report["stages"]))
 
 
 def dedup_section(report: dict) -> str:
@@ -144,6 +161,8 @@ def markdown(report: dict) -> str:
             source_table(report),
             "## Input\n",
             bad_input(report),
+            "## Heuristic filters\n",
+            filter_section(report),
             "## Duplicates\n",
             dedup_section(report),
             "## Quality classifier (GPT-3)\n",

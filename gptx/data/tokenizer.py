@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Iterable, Iterator, Sequence
 
 import sentencepiece as spm
+
+from gptx.errors import DataError
 
 NEWLINE = "\n"
 UNK_ID, BOS_ID, EOS_ID, PAD_ID = 0, 1, 2, 3
@@ -75,26 +78,53 @@ def train(
     character_coverage: float = 1.0,
     byte_fallback: bool = True,
 ) -> Tokenizer:
-    """Trains a SentencePiece model on the lines of `texts`; returns it (call .save to keep it)."""
-    lines = (line for text in texts for line in text.split(NEWLINE) if line)
+    """Trains a SentencePiece model on the lines of `texts`; returns it (call .save to keep it).
+
+    Too little text for `vocab_size` pieces (or none) is a DataError naming the corpus when `texts` knows it
+    (`gptx.data.sources.Documents`), instead of SentencePiece's internal RuntimeError.
+    """
+    seen = {"lines": 0, "chars": 0}
+
+    def lines() -> Iterator[str]:
+        for text in texts:
+            for line in text.split(NEWLINE):
+                if line:
+                    seen["lines"] += 1
+                    seen["chars"] += len(line)
+                    yield line
+
     proto = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=lines,
-        model_writer=proto,
-        vocab_size=vocab_size,
-        model_type=model_type,
-        character_coverage=character_coverage,
-        byte_fallback=byte_fallback,
-        # Keep text as it is: no NFKC folding, no whitespace squeezing, so decoding is exact.
-        normalization_rule_name="identity",
-        remove_extra_whitespaces=False,
-        split_digits=True,
-        user_defined_symbols=[NEWLINE],
-        max_sentence_length=1 << 16,
-        unk_id=UNK_ID,
-        bos_id=BOS_ID,
-        eos_id=EOS_ID,
-        pad_id=PAD_ID,
-        minloglevel=2,
-    )
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=lines(),
+            model_writer=proto,
+            vocab_size=vocab_size,
+            model_type=model_type,
+            character_coverage=character_coverage,
+            byte_fallback=byte_fallback,
+            # Keep text as it is: no NFKC folding, no whitespace squeezing, so decoding is exact.
+            normalization_rule_name="identity",
+            remove_extra_whitespaces=False,
+            split_digits=True,
+            user_defined_symbols=[NEWLINE],
+            max_sentence_length=1 << 16,
+            unk_id=UNK_ID,
+            bos_id=BOS_ID,
+            eos_id=EOS_ID,
+            pad_id=PAD_ID,
+            minloglevel=2,
+        )
+    except RuntimeError as e:
+        source = getattr(texts, "source", "")
+        where = f" of {source}" if source else ""
+        if not seen["lines"]:
+            raise DataError(f"no text to train the tokenizer on: the training documents{where} are empty") from None
+        most = re.search(r"value <= (\d+)", str(e))
+        if most:
+            raise DataError(
+                f"too little text to train a {vocab_size}-piece tokenizer: the training documents{where} "
+                f"({seen['lines']:,} lines, {seen['chars']:,} characters) support at most {most.group(1)} pieces; "
+                f"use more text or set --config.tokenizer.vocab_size={most.group(1)} (or less)"
+            ) from None
+        raise
     return Tokenizer(proto.getvalue())

@@ -83,7 +83,7 @@ def load_lm(cfg: ml_collections.ConfigDict, workdir: str, mesh=None) -> LM:
     model, params, tok = pretrain.load_trained(cfg, workdir)
     if tok.vocab_size > cfg.model.vocab_size:
         raise ConfigError(f"config.model.vocab_size={cfg.model.vocab_size} < the tokenizer's {tok.vocab_size} pieces")
-    return LM(model, params, tok, batch_size=cfg.eval.batch_size, mesh=mesh)
+    return LM(model, params, tok, batch_size=cfg.eval.batch_size, mesh=mesh, progress=cfg.train.progress)
 
 
 def make_grader(cfg: ml_collections.ConfigDict, lm: LM) -> M.Grader | None:

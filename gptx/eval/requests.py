@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from tqdm import tqdm
 
 from gptx import mesh as mesh_lib
 from gptx.sample import SamplingConfig, decode
@@ -134,6 +135,7 @@ class LM:
       batch_size: rows per forward pass (rounded up to a multiple of the mesh's batch shards).
       mesh: run under this mesh (activation sharding rules); None runs on the default device.
       prefix_ids: tokens put before every context; None: [tokenizer.bos_id].
+      progress: show a progress bar over the batches of each call (process 0).
     """
 
     def __init__(
@@ -145,6 +147,7 @@ class LM:
         batch_size: int = 16,
         mesh: Mesh | None = None,
         prefix_ids: Sequence[int] | None = None,
+        progress: bool = False,
     ):
         self.model, self.params, self.tokenizer, self.mesh = model, params, tokenizer, mesh
         self.max_len = model.cfg.block_size
@@ -156,6 +159,10 @@ class LM:
         self.pad_id = tokenizer.pad_id if tokenizer is not None else 0
         self._score = _make_scorer(model, mesh)
         self.forward_passes = 0  # batches run, for throughput reports
+        self.progress = progress and jax.process_index() == 0
+
+    def _batches(self, chunks: Sequence[Any], what: str):
+        return tqdm(chunks, desc=what, disable=not self.progress or len(chunks) < 2, leave=False, dynamic_ncols=True)
 
     # ---------------------------------------------------------------------------------------------------------
     # Token level
@@ -185,7 +192,7 @@ class LM:
             group = [i for i in order if buckets[i] == b]
             chunks += [group[s : s + self.batch_size] for s in range(0, len(group), self.batch_size)]
         scores: dict[int, Loglikelihood] = {}
-        for chunk in chunks:
+        for chunk in self._batches(chunks, "log-likelihoods"):
             logp, greedy = self._run([rows[i] for i in chunk])
             for r, i in enumerate(chunk):
                 n_in, n_cont = len(rows[i]) - 1, len(unique[i][1])
@@ -276,7 +283,7 @@ class LM:
         )
         order = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i]), i))
         out: list[str] = [""] * len(requests)
-        for start in range(0, len(order), self.batch_size):
+        for start in self._batches(range(0, len(order), self.batch_size), "generations"):
             chunk = order[start : start + self.batch_size]
             rows = chunk + [chunk[-1]] * (self.batch_size - len(chunk))  # filler rows repeat a real prompt
             width = min(bucket_length(len(prompts[chunk[0]]), self.max_len), keep)

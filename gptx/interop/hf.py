@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -184,7 +186,7 @@ def params_from_hf(weights: Mapping[str, np.ndarray], m, where: str = "weights")
     def take(key: str, shape: tuple[int, ...], hf_shape: tuple[int, ...]) -> np.ndarray:
         if key not in w:
             raise InteropError(f"{where}: missing tensor {key!r} for a {m.arch} model of {m.n_layer} layers")
-        x = np.asarray(w[key])
+        x = _float_tensor(w[key], key, where)
         if x.shape != hf_shape:
             raise InteropError(f"{where}: {key} has shape {x.shape}, config.json implies {hf_shape}")
         used.add(key)
@@ -282,8 +284,21 @@ def _strip_prefix(weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k.removeprefix("transformer."): v for k, v in weights.items()}
 
 
+def _float_tensor(x, key: str, where: str) -> np.ndarray:
+    """`x` as a numpy array; a weight that is not floating point (int, bool) is refused rather than cast."""
+    x = np.asarray(x)
+    if not (np.issubdtype(x.dtype, np.floating) or x.dtype.name == "bfloat16"):
+        raise InteropError(
+            f"{where}: tensor {key} has dtype {x.dtype}, not a floating-point type; gptx does not cast it (the "
+            "converted model would not be the one that was saved)"
+        )
+    return x
+
+
 def _check_lm_head(w: Mapping[str, np.ndarray], wte: np.ndarray, where: str) -> None:
     head = w.get("lm_head.weight")
+    if head is not None:
+        head = _float_tensor(head, "lm_head.weight", where)
     if head is not None and not np.array_equal(np.asarray(head, wte.dtype), wte):
         raise InteropError(f"{where}: lm_head.weight differs from the token embedding; gptx ties them")
 
@@ -334,17 +349,39 @@ def _load_pickle(path: str) -> dict[str, np.ndarray]:
         import torch
     except ImportError as e:
         raise InteropError(f"{path}: reading a pickled checkpoint needs PyTorch (pip install torch)") from e
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's message is a page of advice; the reason is on its "WeightsUnpickler error:" line.
+        why = re.search(r"WeightsUnpickler error:\s*(.+)", str(e))
+        why = _first_sentence(why.group(1) if why else e)
+        raise InteropError(
+            f"{path}: torch.load(weights_only=True) refused this pickle ({why}): it "
+            "holds more than tensors. Re-save it as safetensors where it was made, e.g. "
+            "save_pretrained(dir, safe_serialization=True)"
+        ) from None
+    if not isinstance(state, Mapping):
+        raise InteropError(f"{path}: holds a {type(state).__name__}, not a state dict of tensors")
     out = {}
     for k, v in state.items():
+        if not isinstance(v, torch.Tensor):
+            raise InteropError(f"{path}: entry {k!r} is a {type(v).__name__}, not a tensor (a state dict is expected)")
         if v.dtype == torch.bfloat16:
             v = v.float()
         out[k] = v.numpy()
     return out
 
 
+def _first_sentence(e) -> str:
+    """The first sentence of an error message (torch's and safetensors' run to paragraphs), on one line."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return re.split(r"(?<=[a-z0-9)])\. ", text, maxsplit=1)[0].rstrip(".")
+
+
 def load_weights(path: str, *, allow_pickle: bool = False) -> dict[str, np.ndarray]:
-    """All tensors of an HF checkpoint directory (or a single weights file) as numpy arrays."""
+    """All tensors of an HF checkpoint directory (or a single weights file) as numpy arrays; a file that cannot
+    be read (truncated, not safetensors, a pickle torch refuses) is an InteropError naming it."""
+    from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
     if os.path.isdir(path):
@@ -358,10 +395,12 @@ def load_weights(path: str, *, allow_pickle: bool = False) -> dict[str, np.ndarr
     for f in files:
         try:
             weights.update(_load_pickle(f) if pickled else load_file(f))
-        except FileNotFoundError:
+        except (FileNotFoundError, InteropError):
             raise
-        except (OSError, ValueError, TypeError) as e:
-            raise InteropError(f"{f}: cannot read weights ({e})") from e
+        except (OSError, ValueError, TypeError, RuntimeError, EOFError, SafetensorError) as e:
+            raise InteropError(
+                f"{f}: cannot read weights ({_first_sentence(e)}); is it truncated or damaged?"
+            ) from None
     return weights
 
 

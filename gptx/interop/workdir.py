@@ -20,7 +20,7 @@ from gptx import mesh as mesh_lib
 from gptx.data import tokenizer as tokenizer_lib
 from gptx.errors import InteropError
 from gptx.interop.hf import IMPORT_NOTE, hf_config_from_model, load_hf, read_json, save_hf
-from gptx.train import checkpoints, pretrain
+from gptx.train import checkpoints, integrity, pretrain
 
 
 def model_overrides(cfg_model, base_model) -> list[str]:
@@ -49,11 +49,14 @@ def save_checkpoint(cfg, params: dict[str, Any], workdir: str, mesh=None) -> int
         with checkpoints.manager(workdir, keep=cfg.train.keep_ckpts) as mngr:
             checkpoints.save(mngr, 0, state)
             mngr.wait_until_finished()
+    integrity.write_config(workdir, cfg)  # later commands take the model shape from it
     return 0
 
 
 def load_checkpoint_params(cfg, workdir: str, mesh=None) -> dict[str, Any]:
-    """The params (numpy) of the latest checkpoint in WORKDIR/checkpoints, for a model of cfg.model."""
+    """The params (numpy) of the latest checkpoint in WORKDIR/checkpoints, for the model of the run's config.json
+    (cfg.model when the run has none)."""
+    cfg = integrity.with_model_of(cfg, workdir)
     mesh = mesh or mesh_lib.make_mesh(cfg.mesh)
     model, _ = pretrain.make_model(cfg)
     target = checkpoints.abstract_params(model, jnp.zeros((1, config_lib.seq_len(cfg)), jnp.int32))
@@ -88,6 +91,7 @@ def import_checkpoint(
 def export_checkpoint(cfg, workdir: str, hf_dir: str, *, mesh=None) -> dict[str, Any]:
     """Latest gptx checkpoint in workdir -> HF directory. Token ids come from WORKDIR/hf_import.json when the
     workdir was imported, else from gptx's tokenizer when WORKDIR/tokenizer.model exists. Returns the info."""
+    cfg = integrity.with_model_of(cfg, workdir)
     params = load_checkpoint_params(cfg, workdir, mesh)
     note = read_json(os.path.join(workdir, IMPORT_NOTE)).get("info", {})
     info = {k: note.get(k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}

@@ -22,6 +22,7 @@ from absl import logging
 from flax import linen as nn
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
+from tqdm import tqdm
 
 from gptx import config as config_lib
 from gptx import mesh as mesh_lib
@@ -139,22 +140,23 @@ def sample_responses(
     params,
     tok: tokenizer_lib.Tokenizer,
     prompts: Sequence[str],
+    rlhf: ml_collections.ConfigDict,
     *,
-    max_prompt_len: int,
-    max_response_len: int,
-    temperature: float,
     seed: int,
-    batch_size: int,
     mesh: Mesh,
+    progress: bool = False,
 ) -> tuple[list[list[int]], list[str]]:
     """Samples one response per prompt with the KV-cache decoder: (response ids up to and including the first
-    EOS, response texts). Prompts are encoded as in training (data.encode_prompt) and left-padded."""
+    EOS, response texts). Prompts are encoded as in training (data.encode_prompt) and left-padded; lengths,
+    temperature and batch size are config.rlhf's (max_prompt_len, max_response_len, temperature, rollout_batch)."""
+    max_prompt_len, batch_size = rlhf.max_prompt_len, rlhf.rollout_batch
     sampling = sample.SamplingConfig(
-        max_new_tokens=max_response_len, temperature=temperature, eos_id=tok.eos_id, pad_id=tok.pad_id
+        max_new_tokens=rlhf.max_response_len, temperature=rlhf.temperature, eos_id=tok.eos_id, pad_id=tok.pad_id
     )
     encoded = [data.encode_prompt(tok, p, max_prompt_len) for p in prompts]
     ids: list[list[int]] = []
-    for start in range(0, len(encoded), batch_size):
+    starts = range(0, len(encoded), batch_size)
+    for start in tqdm(starts, desc="sampling", disable=not progress or jax.process_index() != 0, leave=False):
         chunk = encoded[start : start + batch_size]
         chunk = chunk + [chunk[0]] * (batch_size - len(chunk))  # fixed shapes: one compilation
         tokens, mask = sample.left_pad(chunk, tok.pad_id)

@@ -35,7 +35,7 @@ from gptx.rlhf.ppo import (
     make_init_fn,
     ppo_models,
 )
-from gptx.train import lm, logs, loop
+from gptx.train import integrity, lm, logs, loop
 
 RESULTS = "ppo_results.json"
 
@@ -186,6 +186,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, mesh: Mesh | None = None) 
     r = cfg.rlhf
     if not r.init_from or not r.reward_from:
         raise config_lib.ConfigError("ppo needs config.rlhf.init_from (SFT workdir) and config.rlhf.reward_from (RM)")
+    cfg = integrity.with_model_of(cfg, r.init_from, grow_vocab=True)
     mesh = mesh or mesh_lib.make_mesh(cfg.mesh)
     tok = common.resolve_tokenizer(cfg, workdir)
     models = ppo_models(cfg)
@@ -201,8 +202,6 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, mesh: Mesh | None = None) 
     run_cfg.train.update(steps=r.iterations, log_every=1)  # a loop step is one iteration; each is logged
     result = loop.train(trainer, run_cfg, workdir, mesh)
     state = result.state
-    if result.stopped_early:
-        return {"iterations": int(state.iteration), "stopped_early": True}
     with mesh_lib.activation_rules(mesh):
         results = evaluate(cfg, trainer.iteration, state, test_p[: r.eval_prompts])
     results.update(prompts=source, train_prompts=len(train_p), iterations=int(state.iteration))
@@ -235,11 +234,8 @@ def sample_and_score(it: Iteration, state: PPOState, prompts: list[str], params,
         params,
         tok,
         prompts,
-        max_prompt_len=r.max_prompt_len,
-        max_response_len=r.max_response_len,
-        temperature=r.temperature,
+        r,
         seed=seed,
-        batch_size=r.rollout_batch,
         mesh=it.mesh,
     )
     score = it.compiled(state).score

@@ -41,7 +41,7 @@ from gptx.data import tokenizer as tokenizer_lib
 from gptx.models import GPT, GPTConfig
 from gptx.models.heads import RewardModel
 from gptx.rlhf import common, data, labeler
-from gptx.train import checkpoints, logs, loop
+from gptx.train import checkpoints, integrity, logs, loop
 from gptx.train import step as step_lib
 from gptx.train.state import TrainState, lr_schedule, make_optimizer
 
@@ -175,11 +175,8 @@ class LoadedReward:
             policy_params,
             tok,
             prompts,
-            max_prompt_len=r.max_prompt_len,
-            max_response_len=r.max_response_len,
-            temperature=r.temperature,
+            r,
             seed=r.seed,
-            batch_size=r.rollout_batch,
             mesh=mesh,
         )
         tokens, mask = pack_sequences(tok, prompts, ids, r.max_prompt_len + r.max_response_len, r.max_prompt_len)
@@ -224,17 +221,16 @@ def labeler_comparisons(cfg, policy: GPT, params, tok, prompts, mesh: Mesh, seed
     r = cfg.rlhf
     score = labeler.get(r.labeler)
     repeated = [p for p in prompts for _ in range(r.k)]
+    # At rlhf.temperature: the distribution PPO will sample from, which the RM must rank.
     ids, texts = common.sample_responses(
         policy,
         params,
         tok,
         repeated,
-        max_prompt_len=r.max_prompt_len,
-        max_response_len=r.max_response_len,
-        temperature=r.temperature,  # the distribution PPO will sample from, which the RM must rank
+        r,
         seed=seed,
-        batch_size=r.rollout_batch,
         mesh=mesh,
+        progress=cfg.train.progress,
     )
     scores = score(texts)
     out = []
@@ -321,6 +317,7 @@ def accuracy(model: RewardModel, params, comps, encode, batch_size: int, mesh: M
 def run(cfg: ml_collections.ConfigDict, workdir: str, mesh: Mesh | None = None) -> dict[str, Any]:
     """`gptx.main rm`: trains the reward model, normalises it on SFT samples, reports held-out accuracy."""
     data.validate(cfg)
+    cfg = integrity.with_model_of(cfg, cfg.rlhf.init_from, grow_vocab=True)
     mesh = mesh or mesh_lib.make_mesh(cfg.mesh)
     tok = common.resolve_tokenizer(cfg, workdir)
     os.makedirs(workdir, exist_ok=True)
@@ -379,11 +376,8 @@ def reference_normalisation(cfg, model: RewardModel, params, tok, train, mesh: M
                 common.load_init(cfg, mesh, policy),
                 tok,
                 prompts,
-                max_prompt_len=r.max_prompt_len,
-                max_response_len=r.max_response_len,
-                temperature=r.temperature,
+                r,
                 seed=r.seed + 2,
-                batch_size=r.rollout_batch,
                 mesh=mesh,
             )
             source = f"{len(prompts)} SFT samples (temperature {r.temperature}) of training prompts"

@@ -30,7 +30,7 @@ from gptx import mesh as mesh_lib
 from gptx.data import tokenizer as tokenizer_lib
 from gptx.models import GPT, GPTConfig
 from gptx.rlhf import common, data, reward
-from gptx.train import checkpoints, lm, logs, loop
+from gptx.train import checkpoints, integrity, lm, logs, loop
 from gptx.train import step as step_lib
 from gptx.train.state import TrainState, lr_schedule, make_optimizer
 
@@ -79,6 +79,7 @@ def make_trainer(
 def run(cfg: ml_collections.ConfigDict, workdir: str, mesh: Mesh | None = None) -> dict[str, Any]:
     """`gptx.main sft`: fine-tunes on the configured demonstrations; writes WORKDIR/sft_results.json."""
     data.validate(cfg)
+    cfg = integrity.with_model_of(cfg, cfg.rlhf.init_from, grow_vocab=True)
     mesh = mesh or mesh_lib.make_mesh(cfg.mesh)
     tok = common.resolve_tokenizer(cfg, workdir)
     demos = data.demonstrations(cfg)

@@ -14,7 +14,7 @@ import numpy as np
 
 from gptx import config as config_lib
 from gptx import flops
-from gptx.config import ConfigError
+from gptx.errors import ConfigError, DataError
 from gptx.models import GPTConfig
 from gptx.scaling.laws import (
     ChinchillaLaw,
@@ -33,6 +33,8 @@ from gptx.train import logs, pretrain
 # ------------------------------------------------------------------------------------------- config + sweep
 
 LAWS = ("compute", "chinchilla")
+# Free parameters of each law (a, b, c; E, A, B, alpha, beta): a fit on fewer finished runs is not determined.
+LAW_PARAMETERS = {"compute": 3, "chinchilla": 5}
 RESULTS = "results.jsonl"
 PREDICTION = "prediction.json"
 
@@ -142,7 +144,7 @@ def read_results(workdir: str) -> dict[str, dict]:
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{lineno}: not JSON ({e})") from e
+                    raise DataError(f"{path}:{lineno}: not JSON ({e})") from e
                 out[row["name"]] = row
     return out
 
@@ -156,7 +158,9 @@ def final_loss(run_dir: str, smooth: int) -> tuple[float, float]:
         if "loss" in row:
             train[row["step"]] = float(row["loss"])
     if not evals:
-        raise ValueError(f"{run_dir}/metrics.jsonl has no eval_loss: the corpus needs a validation split")
+        raise ConfigError(
+            f"{run_dir}/metrics.jsonl has no eval_loss: the corpus needs a validation split (config.data.val_fraction)"
+        )
     last = [evals[k] for k in sorted(evals)[-smooth:]]
     return float(np.mean(last)), train[max(train)] if train else float("nan")
 
@@ -288,13 +292,19 @@ def predict(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     return stored
 
 
-def _new_prediction(s, points: list[dict], targets: list[dict]) -> dict:
-    need = 3 if s.law == "compute" else 5
-    if len(points) < need:
+def _require_points(s, n_points: int, action: str, where: str) -> None:
+    """ConfigError when fewer runs are finished than the law has parameters."""
+    need = LAW_PARAMETERS[s.law]
+    if n_points < need:
         raise ConfigError(
-            f"scaling predict: {len(points)} finished runs to fit on, the {s.law} law needs {need} "
-            "(config.scaling.n_sizes or its size range too small: sizes that round alike are trained once)"
+            f"scaling {action}: {n_points} finished runs {where}, the {s.law} law has {need} parameters and needs "
+            f"at least {need} (run `scaling sweep` first; config.scaling.n_sizes or its size range may be too small: "
+            "sizes that round alike are trained once)"
         )
+
+
+def _new_prediction(s, points: list[dict], targets: list[dict]) -> dict:
+    _require_points(s, len(points), "predict", "to fit on")
     c = np.array([p["compute"] for p in points])
     loss = np.array([p["loss"] for p in points])
     kw = dict(resamples=s.bootstrap, seed=s.seed, ci=s.ci, delta=s.huber_delta)
@@ -365,6 +375,9 @@ def fit_results(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     """Fits the configured law to every finished run, with bootstrap intervals; writes WORKDIR/fit.json."""
     s = cfg.scaling
     rows = list(read_results(workdir).values())
+    kept = len(rows) - (min(s.exclude_highest, len(rows)) if s.law == "chinchilla" else 0)
+    dropped = f" after dropping the {s.exclude_highest} highest losses" if kept < len(rows) else ""
+    _require_points(s, kept, "fit", f"in {os.path.join(workdir, RESULTS)}{dropped}")
     c = np.array([r["compute"] for r in rows])
     loss = np.array([r["loss"] for r in rows])
     if s.law == "compute":

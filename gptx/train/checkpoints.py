@@ -1,9 +1,15 @@
 """Every checkpoint save and restore of gptx: the only module that builds an orbax `CheckpointManager`.
 
-A run's checkpoints live in WORKDIR/checkpoints/<step>/ with two items:
+A run's checkpoints live in WORKDIR/checkpoints/<step>/ with three items:
 
-  state   the train state pytree (model params, optimizer state, step; PPO: both models, beta, iteration)
-  data    the grain iterator position (absent in converted checkpoints and data-less runs)
+  state         the train state pytree (model params, optimizer state, step; PPO: both models, beta, iteration)
+  data          the grain iterator position (absent in converted checkpoints and data-less runs)
+  fingerprints  per-leaf checksums of the state's bits (gptx/train/integrity.py), verified on every restore
+
+Resuming takes the newest step that reads cleanly and matches its fingerprints. A damaged step (unreadable
+files, a corrupt data position, a fingerprint mismatch) is moved to WORKDIR/damaged_checkpoints/ with one warning
+naming it and why, and the next older step is tried; a checkpoint whose shapes do not fit the model is a
+ConfigError, never "damage".
 
 Restores always go straight into the target shardings from gptx/mesh.py: a full state restores into the
 shardings of the state `init_fn` builds; params alone (a pretrained body, an SFT policy, a reward model) are read
@@ -21,14 +27,18 @@ from typing import Any
 import grain
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from flax import linen as nn
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from gptx import mesh as mesh_lib
+from gptx.errors import CheckpointError, ConfigError
+from gptx.train import integrity
 
-STATE, DATA = "state", "data"
+STATE, DATA, PRINTS = "state", "data", "fingerprints"
 
 
 def directory(workdir: str) -> str:
@@ -46,6 +56,7 @@ def manager(
     handlers = {
         STATE: ocp.PyTreeCheckpointHandler() if partial else ocp.StandardCheckpointHandler(),
         DATA: grain.checkpoint.CheckpointHandler(),
+        PRINTS: ocp.JsonCheckpointHandler(),
     }
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save, create=not partial)
     return ocp.CheckpointManager(directory(workdir), options=options, item_handlers=handlers)
@@ -96,27 +107,101 @@ def init_state(init_fn: Callable[[jax.Array], Any], mesh: Mesh, rng: jax.Array) 
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: Any, data_iter: Any = None) -> None:
-    """Saves `state` (and the grain iterator position, when there is one) as `step`; async if the manager is."""
-    items = {STATE: ocp.args.StandardSave(state)}
+    """Saves `state`, its fingerprints and the grain iterator position (when there is one) as `step`; async if
+    the manager is (the fingerprints are computed on device before the write starts)."""
+    items = {STATE: ocp.args.StandardSave(state), PRINTS: ocp.args.JsonSave(integrity.fingerprints(state))}
     if data_iter is not None:
         items[DATA] = grain.checkpoint.CheckpointSave(data_iter)
     mngr.save(step, args=ocp.args.Composite(**items))
 
 
+class _Damaged(Exception):
+    """A step that cannot be trusted: its files do not read, or its fingerprints do not match."""
+
+
 def restore_or_init(
     mngr: ocp.CheckpointManager, init_fn: Callable[[jax.Array], Any], mesh: Mesh, rng: jax.Array, data_iter: Any = None
 ) -> Any:
-    """The latest checkpoint (state and data position, restored into `data_iter`), else a fresh sharded init."""
-    latest = mesh_lib.agree_across_processes(mngr.latest_step(), "checkpoint step to resume from")
-    if latest is None:
-        return init_state(init_fn, mesh, rng)
-    logging.info("restoring checkpoint at step %d", latest)
+    """The newest checkpoint that reads cleanly (state and data position, restored into `data_iter`), else a
+    fresh sharded init. Damaged steps are moved aside with a warning; if every step is damaged, CheckpointError."""
     _, target = abstract_state(init_fn, mesh, rng)
-    items = {STATE: ocp.args.StandardRestore(target)}
-    # A checkpoint without a data position (e.g. converted by `gptx.main convert`) starts a fresh iterator.
-    if data_iter is not None and DATA in mngr.item_metadata(latest):
-        items[DATA] = grain.checkpoint.CheckpointRestore(data_iter)
-    return mngr.restore(latest, args=ocp.args.Composite(**items))[STATE]
+    steps = sorted(mngr.all_steps(), reverse=True)
+    mesh_lib.agree_across_processes(steps[0] if steps else None, "checkpoint step to resume from")
+    damaged = []
+    for step in steps:
+        try:
+            return _restore_verified(mngr, step, target, data_iter)
+        except _Damaged as e:
+            damaged.append(_set_aside(mngr, step, str(e)))
+    if damaged:
+        raise CheckpointError(
+            f"no checkpoint in {mngr.directory} reads cleanly; the damaged ones were moved to {', '.join(damaged)}. "
+            "Rerun to start afresh, or move a step back by hand"
+        )
+    return init_state(init_fn, mesh, rng)
+
+
+def _restore_verified(mngr: ocp.CheckpointManager, step: int, target: Any, data_iter: Any) -> Any:
+    """The state of `step`, checked against its fingerprints; _Damaged (agreed by all processes) if it is not
+    what was saved, ConfigError if its shapes do not fit the model."""
+    logging.info("restoring checkpoint at step %d", step)
+    problem, state = None, None
+    try:
+        items = mngr.item_metadata(step)
+        _check_fits(items[STATE] if _has(items, STATE) else None, target, f"{mngr.directory}/{step}")
+        args = {STATE: ocp.args.StandardRestore(target)}
+        # A checkpoint without a data position (e.g. converted by `gptx.main convert`) starts a fresh iterator.
+        if data_iter is not None and _has(items, DATA):
+            args[DATA] = grain.checkpoint.CheckpointRestore(data_iter)
+        if _has(items, PRINTS):
+            args[PRINTS] = ocp.args.JsonRestore()
+        restored = mngr.restore(step, args=ocp.args.Composite(**args))
+        state = restored[STATE]
+        if PRINTS in args:
+            problem = integrity.mismatch(state, restored[PRINTS])
+    except ConfigError:
+        raise
+    except Exception as e:  # unreadable or inconsistent files: any error of the storage layers
+        problem = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:300]
+    if not _all_processes_ok(problem is None):
+        raise _Damaged(problem or "another process could not read it")
+    return state
+
+
+def _has(items: Any, name: str) -> bool:
+    """Whether a step holds the item (some handlers record no metadata, so its value may be None)."""
+    return name in items
+
+
+def _check_fits(saved: Any, target: Any, where: str) -> None:
+    """ConfigError if the saved state's leaf shapes are not the target's (the model changed, not the files)."""
+    tree = getattr(saved, "tree", saved)
+    if tree is None:
+        raise ValueError("no state metadata")
+    want = {integrity.path_name(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(target)}
+    for path, meta in jax.tree_util.tree_leaves_with_path(tree):
+        name = integrity.path_name(path)
+        if name in want and tuple(meta.shape) != want[name]:
+            raise ConfigError(
+                f"{where} holds {name} of shape {tuple(meta.shape)}, the config implies {want[name]}: resume with "
+                "the settings the run was saved with, or start a new workdir"
+            )
+
+
+def _all_processes_ok(ok: bool) -> bool:
+    if jax.process_count() == 1:
+        return ok
+    return bool(np.all(multihost_utils.process_allgather(np.asarray(ok))))
+
+
+def _set_aside(mngr: ocp.CheckpointManager, step: int, why: str) -> str:
+    """Moves a damaged step out of the manager's sight (process 0), warns once, returns where it went."""
+    dst = integrity.move_aside(str(mngr.directory), step) if jax.process_index() == 0 else ""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"gptx: checkpoint {step} set aside")
+    mngr.reload()
+    logging.warning("checkpoint step %d is damaged (%s); moved to %s, trying an older one", step, why, dst)
+    return dst or f"damaged_checkpoints/{step}-*"
 
 
 def restore_state(
@@ -153,22 +238,49 @@ def restore_params(
     saved params must have the target's names and shapes (else a ValueError naming the first that differs);
     callers that grow or merge (`merge_params`) pass False.
     """
-    step = _require_step(workdir, step)
-    saved = saved_tree(workdir, step)
-    if not key and "params" not in saved and "policy" in saved:
-        key = "policy"  # a PPO run's workdir: its policy
-    node = saved.get(key, {}) if key else saved
-    if "params" not in node:
-        raise FileNotFoundError(
-            f"{directory(workdir)}/{step} has no {(key + '/') if key else ''}params: is it the right run's workdir?"
-        )
-    wanted = _params_target(node["params"], target, mesh, strict)
-    item = {key: {"params": wanted}} if key else {"params": wanted}
-    restore = ocp.args.PyTreeRestore(item=item, restore_args=_restore_args(item), partial_restore=True)
-    with manager(workdir, partial=True) as mngr:
-        state = mngr.restore(step, args=ocp.args.Composite(**{STATE: restore}))[STATE]
+    candidates = [_require_step(workdir, step)] if step is not None else sorted(all_steps(workdir), reverse=True)
+    if not candidates:
+        _require_step(workdir, None)  # FileNotFoundError naming the directory
+    problems = []
+    for candidate in candidates:
+        try:
+            return _restore_params_verified(workdir, mesh, target, candidate, key, strict), candidate
+        except _Damaged as e:
+            problems.append(f"step {candidate}: {e}")
+            logging.warning("checkpoint step %d of %s is damaged (%s); trying an older one", candidate, workdir, e)
+    raise CheckpointError(f"no checkpoint in {directory(workdir)} reads cleanly: {'; '.join(problems)}")
+
+
+def _restore_params_verified(workdir: str, mesh: Mesh, target: Any, step: int, key: str, strict: bool) -> Any:
+    """The params of `step`, checked against its fingerprints; _Damaged if its files do not read or match."""
+    problem = None
+    try:
+        saved = saved_tree(workdir, step)
+        if not key and "params" not in saved and "policy" in saved:
+            key = "policy"  # a PPO run's workdir: its policy
+        node = saved.get(key, {}) if key else saved
+        if "params" not in node:
+            raise FileNotFoundError(
+                f"{directory(workdir)}/{step} has no {(key + '/') if key else ''}params: is it the right run's workdir?"
+            )
+        wanted = _params_target(node["params"], target, mesh, strict)
+        item = {key: {"params": wanted}} if key else {"params": wanted}
+        args = {STATE: ocp.args.PyTreeRestore(item=item, restore_args=_restore_args(item), partial_restore=True)}
+        with manager(workdir, partial=True) as mngr:
+            if _has(mngr.item_metadata(step), PRINTS):
+                args[PRINTS] = ocp.args.JsonRestore()
+            restored = mngr.restore(step, args=ocp.args.Composite(**args))
+        if PRINTS in args:
+            problem = integrity.mismatch(restored[STATE], restored[PRINTS])
+    except (ConfigError, FileNotFoundError):
+        raise
+    except Exception as e:  # unreadable files
+        problem = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:300]
+    if not _all_processes_ok(problem is None):
+        raise _Damaged(problem or "another process could not read it")
     logging.info("restored params of step %d from %s", step, workdir)
-    return (state[key] if key else state)["params"], step
+    state = restored[STATE]
+    return (state[key] if key else state)["params"]
 
 
 def abstract_params(model: nn.Module, *inputs: Any) -> Any:
@@ -189,7 +301,7 @@ def _params_target(saved: Any, target: Any, mesh: Mesh, strict: bool) -> Any:
         name = _path_name(path)
         same = flat_shape.get(name) == tuple(meta.shape)
         if strict and not same:
-            raise ValueError(
+            raise ConfigError(
                 f"checkpoint parameter {name} has shape {tuple(meta.shape)}, config.model implies "
                 f"{flat_shape.get(name, 'no such parameter')}: pass the --config.model.* values it was trained with"
             )
@@ -199,7 +311,7 @@ def _params_target(saved: Any, target: Any, mesh: Mesh, strict: bool) -> Any:
     wanted = jax.tree_util.tree_map_with_path(leaf, saved)
     missing = sorted(set(flat_shape) - {_path_name(p) for p, _ in jax.tree_util.tree_leaves_with_path(wanted)})
     if strict and missing:
-        raise ValueError(
+        raise ConfigError(
             f"the checkpoint has no parameter {missing[0]} (of {len(missing)} missing): does config.model match it?"
         )
     return wanted

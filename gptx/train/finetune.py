@@ -45,7 +45,7 @@ from gptx.data import paths
 from gptx.data import tokenizer as tokenizer_lib
 from gptx.data.finetune_batches import Encoding, eval_dataset, train_dataset
 from gptx.models import GPTConfig, heads
-from gptx.train import checkpoints, logs, loop, pretrain
+from gptx.train import checkpoints, integrity, logs, loop, pretrain
 from gptx.train import step as step_lib
 from gptx.train.state import TrainState, linear_schedule, make_optimizer
 
@@ -106,17 +106,7 @@ def loss(model: heads.FinetuneModel, aux_lm_coef: float) -> step_lib.Loss:
         return {"examples": jnp.sum(batch["weight"]), "tokens": jnp.sum(_lm_target_weights(batch))}
 
     def fn(params, batch, rng, norms):
-        logits, lm_logits = model.apply(
-            {"params": params},
-            batch["tokens"],
-            batch["segment_ids"],
-            batch["extract_pos"],
-            batch["seq_mask"],
-            batch["task"],
-            deterministic=rng is None,
-            with_lm=aux_lm_coef > 0,
-            rngs=None if rng is None else {"dropout": rng},
-        )
+        logits, lm_logits = apply(model, params, batch, rng, with_lm=aux_lm_coef > 0)
         w, label = batch["weight"][:, 0], batch["label"][:, 0]
         n = jnp.maximum(norms["examples"], 1.0)
         clf = jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits, label) * w) / n
@@ -137,18 +127,26 @@ def _lm_target_weights(batch) -> jax.Array:
     return real * (batch["seq_mask"] * batch["weight"])[:, :, None]
 
 
+def apply(model: heads.FinetuneModel, params, batch, rng: jax.Array | None = None, with_lm: bool = False):
+    """(task logits [B, C], LM logits [B, S, T, V] or None) of a batch; rng None: dropout off."""
+    return model.apply(
+        {"params": params},
+        batch["tokens"],
+        batch["segment_ids"],
+        batch["extract_pos"],
+        batch["seq_mask"],
+        batch["task"],
+        deterministic=rng is None,
+        with_lm=with_lm,
+        rngs=None if rng is None else {"dropout": rng},
+    )
+
+
 def make_predict(model: heads.FinetuneModel):
     """`(params, batch) -> predicted label [B, 1]` (dropout off)."""
 
     def predict(params, batch):
-        logits, _ = model.apply(
-            {"params": params},
-            batch["tokens"],
-            batch["segment_ids"],
-            batch["extract_pos"],
-            batch["seq_mask"],
-            batch["task"],
-        )
+        logits, _ = apply(model, params, batch)
         return jnp.argmax(logits, -1)[:, None].astype(jnp.int32)
 
     return predict
@@ -284,6 +282,7 @@ def accuracy(model, params, items, encoding: Encoding, batch_size: int, mesh: Me
 def run(cfg: ml_collections.ConfigDict, workdir: str, mesh: Mesh | None = None) -> dict[str, Any]:
     """`gptx.main finetune`: fine-tunes on config.finetune.tasks, writes and prints dev accuracy per task."""
     validate_finetune(cfg)
+    cfg = integrity.with_model_of(cfg, cfg.finetune.init_from, grow_vocab=True)
     mesh = mesh or mesh_lib.make_mesh(cfg.mesh)
     tok = pretrain.resolve_tokenizer(cfg, workdir, (cfg.finetune.init_from,))
     special = special_tokens(cfg, tok)

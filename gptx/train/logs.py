@@ -44,6 +44,20 @@ class MetricWriter:
                 if math.isfinite(v):
                     self._tb.add_scalar(k, v, step)
 
+    def truncate_after(self, step: int) -> None:
+        """Drops the rows of steps after `step` (those a killed run logged after its last checkpoint), so a
+        resumed run's metrics.jsonl has each step once. Rewritten whole through a rename, never half-written."""
+        if not self.active or not os.path.exists(self.path):
+            return
+        rows = read_metrics(os.path.dirname(self.path))
+        keep = [r for r in rows if r.get("step", 0) <= step]
+        if len(keep) == len(rows):
+            return
+        tmp = f"{self.path}.tmp{os.getpid()}"
+        with open(tmp, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in keep)
+        os.replace(tmp, self.path)
+
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()

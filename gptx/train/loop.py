@@ -18,6 +18,7 @@ from typing import Any
 
 import grain
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
@@ -26,14 +27,14 @@ from tqdm import tqdm
 
 from gptx import flops as flops_lib
 from gptx import mesh as mesh_lib
-from gptx.errors import NonFiniteLossError
-from gptx.train import checkpoints
+from gptx.errors import NonFiniteLossError, Preempted
+from gptx.train import checkpoints, integrity
 from gptx.train.logs import MetricWriter
 
 Batch = dict[str, Any]
 Metrics = dict[str, Any]
 
-__all__ = ["NonFiniteLossError", "Trainer", "LoopResult", "TrainLoop", "train"]
+__all__ = ["NonFiniteLossError", "Preempted", "Trainer", "LoopResult", "TrainLoop", "train"]
 
 
 @dataclasses.dataclass
@@ -70,7 +71,6 @@ class Trainer:
 class LoopResult:
     state: Any
     history: list[dict[str, float]]
-    stopped_early: bool = False
 
 
 class _StopSignal:
@@ -143,16 +143,20 @@ def jit_step(train_step, state_shardings: Any, batch_sharding: Any, mesh: Mesh):
 class TrainLoop:
     """One run of a Trainer in a workdir: `TrainLoop(trainer, config, workdir, mesh).run()`.
 
-    Runs up to `config.train.steps` steps in total (resuming from WORKDIR/checkpoints), logs every
-    `train.log_every`, evaluates every `train.eval_every`, checkpoints every `train.ckpt_every` and at the end,
-    and on SIGTERM saves and stops. A NaN/inf loss raises NonFiniteLossError after the pending checkpoint writes
-    finish; no checkpoint is written from the bad step on.
+    Runs up to `config.train.steps` steps in total (resuming from the newest clean checkpoint in
+    WORKDIR/checkpoints; a resume with other model or data settings is a ConfigError), logs every
+    `train.log_every`, evaluates every `train.eval_every`, checkpoints every `train.ckpt_every` and at the end.
+    On SIGTERM it saves and raises Preempted. A NaN/inf loss or gradient norm, or non-finite parameters at a
+    save, raise NonFiniteLossError after the pending checkpoint writes finish; no checkpoint is written from
+    the bad step on. The run's config goes to WORKDIR/config.json; metrics.jsonl rows that a killed run wrote
+    after its last checkpoint are dropped on resume.
     """
 
     def __init__(self, trainer: Trainer, config, workdir: str, mesh: Mesh):
         if (trainer.train_step is None) == (trainer.iteration is None):
             raise ValueError("a Trainer has either a train_step or an iteration")
         self.trainer, self.t, self.workdir, self.mesh = trainer, config.train, workdir, mesh
+        self.config = config
         self.peak = flops_lib.peak_flops_per_device(self.t.peak_flops) * jax.device_count()
         self.history: list[dict[str, float]] = []
         self.pending: list[tuple[int, Metrics]] = []
@@ -166,6 +170,9 @@ class TrainLoop:
 
     def run(self) -> LoopResult:
         os.makedirs(self.workdir, exist_ok=True)
+        if checkpoints.all_steps(self.workdir):
+            integrity.check_resume(self.workdir, self.config)
+        integrity.write_config(self.workdir, self.config)
         self.writer = MetricWriter(self.workdir)
         self.mngr = checkpoints.manager(self.workdir, keep=self.t.keep_ckpts, async_save=self.t.async_ckpt)
         rng = jax.random.key(self.t.seed)
@@ -175,6 +182,7 @@ class TrainLoop:
                 self.mngr, self.trainer.init_fn, self.mesh, init_rng, self.data_iter
             )
             start = int(self.state.step)
+            self.writer.truncate_after(start)  # rows a killed run logged after its last checkpoint
             advance = self._advance_fn(step_rng)
             self.pbar = tqdm(
                 total=self.t.steps,
@@ -188,7 +196,9 @@ class TrainLoop:
                 self.pbar.close()
                 self.mngr.wait_until_finished()
                 self.writer.close()
-        return LoopResult(state=self.state, history=self.history, stopped_early=stopped)
+        if stopped:
+            raise Preempted(int(self.state.step))
+        return LoopResult(state=self.state, history=self.history)
 
     def _steps(self, start: int, advance: Callable[[int], Metrics], stop: _StopSignal) -> bool:
         """Steps start .. train.steps; True when a SIGTERM stopped them early (after a save)."""
@@ -245,11 +255,9 @@ class TrainLoop:
         fetched = jax.device_get(self.pending)
         self.pending.clear()
         for step, m in fetched:
-            if not math.isfinite(float(m["loss"])):
-                raise NonFiniteLossError(
-                    f"loss is {float(m['loss'])} at step {step}; stopped. The last good checkpoint "
-                    f"(step {self.mngr.latest_step()}) is kept in {self.workdir}/checkpoints"
-                )
+            for key in ("loss", "grad_norm"):
+                if key in m and not math.isfinite(float(m[key])):
+                    self._diverged(f"{key.replace('_', ' ')} is {float(m[key])} at step {step}")
         row = {k: float(np.mean([m[k] for _, m in fetched])) for k in fetched[-1][1]}
         row.update(self.clock.rates(self.trainer, self.peak))
         self._record(fetched[-1][0], row)
@@ -274,8 +282,23 @@ class TrainLoop:
             self._record(step, {"eval_loss": loss_sum / weight})
 
     def _save(self, step: int) -> None:
-        self._flush()  # never checkpoint a state whose loss was not finite
+        self._flush()  # never checkpoint a state whose loss or gradient was not finite
+        if not bool(_all_finite(self.state)):
+            self._diverged(f"the parameters are not finite at step {step}")
         checkpoints.save(self.mngr, step, self.state, self.data_iter)
+
+    def _diverged(self, what: str) -> None:
+        raise NonFiniteLossError(
+            f"{what}; stopped. The last good checkpoint (step {self.mngr.latest_step()}) is kept in "
+            f"{self.workdir}/checkpoints"
+        )
+
+
+@jax.jit
+def _all_finite(state: Any) -> jax.Array:
+    """True when every floating-point leaf of the state is finite (one fused reduction on device)."""
+    leaves = [x for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.floating)]
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
 def train(trainer: Trainer, config, workdir: str, mesh: Mesh) -> LoopResult:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from collections.abc import Callable, Sequence
 
 import jax
@@ -18,7 +19,7 @@ from gptx import mesh as mesh_lib
 from gptx.data import loader, sources
 from gptx.data import tokenizer as tokenizer_lib
 from gptx.models import GPT, GPTConfig
-from gptx.train import checkpoints, lm, loop
+from gptx.train import checkpoints, integrity, lm, loop
 from gptx.train import step as step_lib
 from gptx.train.state import TrainState, lr_schedule, make_optimizer
 
@@ -33,6 +34,8 @@ def train_tokenizer(cfg: ml_collections.ConfigDict, workdir: str) -> tokenizer_l
         sources.read_documents(cfg.data.corpus, cfg.data.doc_separator), cfg.data.val_fraction
     )
     t = cfg.tokenizer
+    if jax.process_index() == 0:  # a silent phase of seconds to minutes: say what runs
+        print(f"training a {t.vocab_size}-piece {t.model_type} tokenizer on {len(docs):,} documents", file=sys.stderr)
     tok = tokenizer_lib.train(docs, t.vocab_size, t.model_type, t.character_coverage, t.byte_fallback)
     path = tokenizer_path(cfg, workdir)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -129,7 +132,9 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, mesh: Mesh | None = None) 
 
 
 def load_trained(cfg: ml_collections.ConfigDict, workdir: str) -> tuple[GPT, dict, tokenizer_lib.Tokenizer]:
-    """(model, params, tokenizer) from the latest checkpoint of a `train` run in workdir."""
+    """(model, params, tokenizer) from the latest checkpoint of a `train` or `convert` run in workdir; the model
+    shape comes from the run's own config.json when it has one."""
+    cfg = integrity.with_model_of(cfg, workdir)
     mesh = mesh_lib.make_mesh(cfg.mesh)
     model, _ = make_model(cfg)
     target = checkpoints.abstract_params(model, jnp.zeros((1, config_lib.seq_len(cfg)), jnp.int32))
