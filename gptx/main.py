@@ -101,10 +101,10 @@ def _sample(cfg, workdir: str) -> None:
     model, params, tok = pretrain.load_trained(cfg, workdir)
     prompts = [[tok.bos_id, *tok.encode(p)] for p in _PROMPTS.value]
     longest = max(len(p) for p in prompts)
-    if longest + cfg.sample.max_new_tokens > cfg.model.block_size:
+    if longest + cfg.sample.max_new_tokens > model.cfg.block_size:  # the run's own context (its config.json)
         raise ConfigError(
             f"a prompt of {longest} tokens + config.sample.max_new_tokens={cfg.sample.max_new_tokens} exceed "
-            f"the context config.model.block_size={cfg.model.block_size}"
+            f"the model's context of {model.cfg.block_size} tokens"
         )
     sampling = sample.sampling_from_config(cfg.sample, tok.eos_id, tok.pad_id)
     mesh = mesh_lib.make_mesh(cfg.mesh)
