@@ -68,15 +68,18 @@ def default() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict()
     c.data.corpus = "bundled:tinyshakespeare"  # a text file (optionally .gz/.xz/.bz2) or bundled:NAME
     c.data.doc_separator = "blank_line"  # how a text file splits into documents: blank_line | line | none
-    c.data.tokenizer = ""  # a sentencepiece .model; "": WORKDIR/tokenizer.model, trained if missing
+    # A SentencePiece .model, a tokenizer.json, or a directory with one or with vocab.json + merges.txt (GPT-2's);
+    # "": the workdir's own (tokenizer.model / tokenizer.json), trained on the corpus if missing.
+    c.data.tokenizer = ""
     c.data.seq_len = 0  # 0: model.block_size
     c.data.val_fraction = 0.1  # the last documents form the validation split
     c.data.seed = 0
     c.data.worker_count = 0  # grain worker processes; 0 reads in the main process
 
     c.tokenizer = ml_collections.ConfigDict()
+    c.tokenizer.kind = "sentencepiece"  # sentencepiece (GPT-1-style) | bpe (GPT-2/3's byte-level BPE)
     c.tokenizer.vocab_size = 2048
-    c.tokenizer.model_type = "bpe"
+    c.tokenizer.model_type = "bpe"  # SentencePiece's algorithm: bpe | unigram
     c.tokenizer.character_coverage = 1.0
     c.tokenizer.byte_fallback = True
 
@@ -363,6 +366,7 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
     _choice(cfg, "model.attention_impl", ATTENTION_IMPLS)
     _choice(cfg, "mesh.multihost", ("auto", "yes", "no"))
     _choice(cfg, "data.doc_separator", ("blank_line", "line", "none"))
+    _choice(cfg, "tokenizer.kind", ("sentencepiece", "bpe"))
     validate_model(cfg.model)
 
     t = cfg.train

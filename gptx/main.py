@@ -99,7 +99,7 @@ def _sample(cfg, workdir: str) -> None:
     if not _PROMPTS.value:
         raise ConfigError("sample needs at least one --prompt=TEXT")
     model, params, tok = pretrain.load_trained(cfg, workdir)
-    prompts = [[tok.bos_id, *tok.encode(p)] for p in _PROMPTS.value]
+    prompts = [tok.prompt(p) for p in _PROMPTS.value]
     longest = max(len(p) for p in prompts)
     if longest + cfg.sample.max_new_tokens > model.cfg.block_size:  # the run's own context (its config.json)
         raise ConfigError(

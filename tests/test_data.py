@@ -33,9 +33,9 @@ def test_tokenizer_round_trips_any_text(shakespeare):
 def test_tokenizer_save_load_and_missing_file(shakespeare, tmp_path):
     _, tok = shakespeare
     tok.save(tmp_path / "t.model")
-    assert tokenizer_lib.Tokenizer.load(tmp_path / "t.model").encode("ROMEO:") == tok.encode("ROMEO:")
+    assert tokenizer_lib.load(tmp_path / "t.model").encode("ROMEO:") == tok.encode("ROMEO:")
     with pytest.raises(FileNotFoundError, match=r"nope\.model not found.*gptx\.main tokenizer"):
-        tokenizer_lib.Tokenizer.load(tmp_path / "nope.model")
+        tokenizer_lib.load(tmp_path / "nope.model")
 
 
 def test_packed_batches_hold_documents_with_next_token_targets(shakespeare):

@@ -14,6 +14,7 @@ from flax import linen as nn
 
 from gptx import mesh as mesh_lib
 from gptx.data import finetune_tasks as ft
+from gptx.data import sp_tokenizer
 from gptx.data import tokenizer as tokenizer_lib
 from gptx.models import GPT, heads
 from gptx.train import checkpoints, finetune, pretrain
@@ -29,7 +30,7 @@ SPECIAL = ft.SpecialTokens(S, D, E, (103, 104))
 class WordTokenizer:
     """One id per word: 'w7' -> 7. Enough to check layouts by hand."""
 
-    pad_id = tokenizer_lib.PAD_ID
+    pad_id = sp_tokenizer.PAD_ID
 
     def encode(self, text):
         return [int(w[1:]) for w in text.split()]
@@ -84,7 +85,7 @@ def losses(params, batch, model, aux_lm_coef):
 
 def model_batch(seqs_per_example, tasks, n_seqs, seq_len=16):
     rows = [
-        ft.pad_example(seqs, 0, task, n_seqs, seq_len, tokenizer_lib.PAD_ID, [S, E])
+        ft.pad_example(seqs, 0, task, n_seqs, seq_len, sp_tokenizer.PAD_ID, [S, E])
         for seqs, task in zip(seqs_per_example, tasks, strict=True)
     ]
     return {k: jnp.asarray(np.stack([r[k] for r in rows])) for k in rows[0]}

@@ -12,7 +12,7 @@ import pytest
 from conftest import SHARED_DATA
 from flax import linen as nn
 
-from gptx.data import tokenizer as tokenizer_lib
+from gptx.data import sp_tokenizer
 from gptx.models import GPT, GPTConfig
 from gptx.rlhf import common, data, labeler, reward
 from gptx.train import lm
@@ -24,7 +24,7 @@ CFG = GPTConfig(vocab_size=64, block_size=32, n_layer=1, n_head=2, d_model=32, d
 class WordTokenizer:
     """'w7 w9' -> [7, 9]; enough to check layouts by hand."""
 
-    bos_id, eos_id, pad_id = tokenizer_lib.BOS_ID, tokenizer_lib.EOS_ID, tokenizer_lib.PAD_ID
+    bos_id, eos_id, pad_id = sp_tokenizer.BOS_ID, sp_tokenizer.EOS_ID, sp_tokenizer.PAD_ID
 
     def encode(self, text):
         return [int(w[1:]) for w in text.split()]

@@ -19,7 +19,7 @@ class _ToExample(grain.transforms.Map):
         self.tokenizer = tokenizer
 
     def map(self, doc: str) -> dict[str, np.ndarray]:
-        ids = np.asarray([self.tokenizer.bos_id, *self.tokenizer.encode(doc), self.tokenizer.eos_id], np.int32)
+        ids = np.asarray(self.tokenizer.document(doc), np.int32)
         return {"inputs": ids[:-1], "targets": ids[1:]}
 
 

@@ -1,130 +1,84 @@
-"""SentencePiece BPE tokenizer: training and newline-preserving encode/decode.
+"""Tokenizers: load, find in a workdir, train. SentencePiece (gptx's default) or byte-level BPE / any Hugging
+Face tokenizer.json (GPT-2's), behind one interface (`gptx.data.tokenizer_base.Tokenizer`).
 
-SentencePiece reads sentences and adds a word-boundary marker to the first word of each, so text is encoded
-line by line with an explicit newline token between lines: words after a newline then tokenize like words
-after a space, and decode(encode(text)) == text for any text (byte fallback covers unseen characters).
+A workdir keeps its tokenizer under the standard names: `tokenizer.model` (SentencePiece) or `tokenizer.json` +
+`tokenizer_config.json` (BPE), or OpenAI's `vocab.json` + `merges.txt`. `config.data.tokenizer` may name any of
+these files or a directory holding them.
 """
 
 from __future__ import annotations
 
-import io
 import os
-import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable
 
-import sentencepiece as spm
-
+from gptx.data import bpe_tokenizer, sp_tokenizer
+from gptx.data.bpe_tokenizer import BPETokenizer
+from gptx.data.sp_tokenizer import SentencePieceTokenizer
+from gptx.data.tokenizer_base import Tokenizer
 from gptx.errors import DataError
 
-NEWLINE = "\n"
-UNK_ID, BOS_ID, EOS_ID, PAD_ID = 0, 1, 2, 3
+__all__ = ["KINDS", "BPETokenizer", "SentencePieceTokenizer", "Tokenizer", "find", "load", "train", "train_from_config"]
+
+KINDS = ("sentencepiece", "bpe")
+FILES = (sp_tokenizer.FILENAME, bpe_tokenizer.FILENAME)
 
 
-class Tokenizer:
-    """A trained SentencePiece model with gptx's special tokens (unk 0, bos 1, eos 2, pad 3, newline)."""
+def find(directory: str) -> str | None:
+    """The tokenizer a directory (a workdir, an HF checkpoint) holds: the path `load` takes, or None."""
+    for name in FILES:
+        if os.path.exists(os.path.join(directory, name)):
+            return os.path.join(directory, name)
+    if all(os.path.exists(os.path.join(directory, f)) for f in ("vocab.json", "merges.txt")):
+        return directory
+    return None
 
-    def __init__(self, model_proto: bytes):
-        self.model_proto = model_proto
-        self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
-        self.newline_id = self.sp.piece_to_id(NEWLINE)
-        if self.newline_id == self.sp.unk_id():
-            raise ValueError("tokenizer model has no newline piece; train it with gptx.data.tokenizer.train")
 
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> Tokenizer:
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"tokenizer model {path} not found: train one with `python -m gptx.main tokenizer`")
-        with open(path, "rb") as f:
-            return cls(f.read())
-
-    def save(self, path: str | os.PathLike) -> None:
-        # Write-then-rename: another process never sees a half-written model.
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "wb") as f:
-            f.write(self.model_proto)
-        os.replace(tmp, path)
-
-    @property
-    def vocab_size(self) -> int:
-        return self.sp.get_piece_size()
-
-    bos_id, eos_id, pad_id = BOS_ID, EOS_ID, PAD_ID
-
-    def encode(self, text: str) -> list[int]:
-        """Token ids of `text`, newlines included; no BOS/EOS."""
-        ids: list[int] = []
-        for i, line in enumerate(text.split(NEWLINE)):
-            if i:
-                ids.append(self.newline_id)
-            ids.extend(self.sp.encode(line))
-        return ids
-
-    def decode(self, ids: Sequence[int]) -> str:
-        """Text of token ids; special tokens (bos/eos/pad) are dropped."""
-        lines: list[list[int]] = [[]]
-        for i in ids:
-            i = int(i)
-            if i == self.newline_id:
-                lines.append([])
-            elif i not in (BOS_ID, EOS_ID, PAD_ID):
-                lines[-1].append(i)
-        return NEWLINE.join(self.sp.decode(line) for line in lines)
+def load(path: str | os.PathLike) -> Tokenizer:
+    """A `.model` (SentencePiece), a `tokenizer.json`, or a directory holding either or vocab.json + merges.txt."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"tokenizer {path} not found: train one with `python -m gptx.main tokenizer`, or name a tokenizer.model, tokenizer.json "
+            "or a directory with vocab.json + merges.txt in --config.data.tokenizer"
+        )
+    if os.path.isdir(path):
+        found = find(path)
+        if found is None:
+            raise FileNotFoundError(f"{path} holds no tokenizer.model, tokenizer.json or vocab.json + merges.txt")
+        path = found
+    if os.path.isdir(path) or path.endswith(".json"):
+        return BPETokenizer.load(path)
+    try:
+        return SentencePieceTokenizer.load(path)
+    except RuntimeError as e:  # SentencePiece's parse error
+        raise DataError(f"{path} is not a SentencePiece model ({str(e).splitlines()[0]})") from None
 
 
 def train(
     texts: Iterable[str],
     vocab_size: int,
+    kind: str = "sentencepiece",
+    *,
     model_type: str = "bpe",
     character_coverage: float = 1.0,
     byte_fallback: bool = True,
 ) -> Tokenizer:
-    """Trains a SentencePiece model on the lines of `texts`; returns it (call .save to keep it).
+    """Trains a `kind` tokenizer of `vocab_size` tokens on `texts` (model_type, character_coverage and
+    byte_fallback are SentencePiece's options). Returns it; `.save(directory)` keeps it."""
+    if kind == "bpe":
+        return bpe_tokenizer.train(texts, vocab_size)
+    if kind != "sentencepiece":
+        raise ValueError(f"tokenizer kind {kind!r}: expected one of {', '.join(KINDS)}")
+    return sp_tokenizer.train(texts, vocab_size, model_type, character_coverage, byte_fallback)
 
-    Too little text for `vocab_size` pieces (or none) is a DataError naming the corpus when `texts` knows it
-    (`gptx.data.sources.Documents`), instead of SentencePiece's internal RuntimeError.
-    """
-    seen = {"lines": 0, "chars": 0}
 
-    def lines() -> Iterator[str]:
-        for text in texts:
-            for line in text.split(NEWLINE):
-                if line:
-                    seen["lines"] += 1
-                    seen["chars"] += len(line)
-                    yield line
-
-    proto = io.BytesIO()
-    try:
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=lines(),
-            model_writer=proto,
-            vocab_size=vocab_size,
-            model_type=model_type,
-            character_coverage=character_coverage,
-            byte_fallback=byte_fallback,
-            # Keep text as it is: no NFKC folding, no whitespace squeezing, so decoding is exact.
-            normalization_rule_name="identity",
-            remove_extra_whitespaces=False,
-            split_digits=True,
-            user_defined_symbols=[NEWLINE],
-            max_sentence_length=1 << 16,
-            unk_id=UNK_ID,
-            bos_id=BOS_ID,
-            eos_id=EOS_ID,
-            pad_id=PAD_ID,
-            minloglevel=2,
-        )
-    except RuntimeError as e:
-        source = getattr(texts, "source", "")
-        where = f" of {source}" if source else ""
-        if not seen["lines"]:
-            raise DataError(f"no text to train the tokenizer on: the training documents{where} are empty") from None
-        most = re.search(r"value <= (\d+)", str(e))
-        if most:
-            raise DataError(
-                f"too little text to train a {vocab_size}-piece tokenizer: the training documents{where} "
-                f"({seen['lines']:,} lines, {seen['chars']:,} characters) support at most {most.group(1)} pieces; "
-                f"use more text or set --config.tokenizer.vocab_size={most.group(1)} (or less)"
-            ) from None
-        raise
-    return Tokenizer(proto.getvalue())
+def train_from_config(texts: Iterable[str], t) -> Tokenizer:
+    """`train` with config.tokenizer's fields (kind, vocab_size, model_type, character_coverage, byte_fallback)."""
+    return train(
+        texts,
+        t.vocab_size,
+        t.kind,
+        model_type=t.model_type,
+        character_coverage=t.character_coverage,
+        byte_fallback=t.byte_fallback,
+    )

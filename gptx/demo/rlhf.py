@@ -18,7 +18,7 @@ import ml_collections
 
 from gptx.demo import report as report_lib
 from gptx.rlhf import ppo_run, recipes, reward, sft
-from gptx.train import logs
+from gptx.train import logs, pretrain
 
 PTX_COEF = 1.0  # the demo's PPO-ptx coefficient (InstructGPT's 27.8 goes with pretraining batches 8x the PPO one)
 
@@ -31,7 +31,7 @@ def stage_config(demo_cfg: ml_collections.ConfigDict, step: str, workdir: str) -
             c.model[key] = value
     c.tokenizer.update(demo_cfg.tokenizer.to_dict())
     c.mesh.update(demo_cfg.mesh.to_dict())
-    c.data.tokenizer = os.path.join(workdir, "tokenizer.model")
+    c.data.tokenizer = pretrain.tokenizer_path(demo_cfg, workdir)
     c.train.progress = False
     return c
 

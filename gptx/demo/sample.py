@@ -19,7 +19,7 @@ def stage(cfg: ml_collections.ConfigDict, workdir: str, report: Report) -> None:
     """Print samples from the pretrained model: all prompts in one batch through the KV-cache decoder."""
     cfg = tokenizer.demo_config(cfg, workdir)
     model, params, tok = pretrain.load_trained(cfg, os.path.join(workdir, "pretrain"))
-    prompts = [[tok.bos_id, *tok.encode(p)] for p in SAMPLE_PROMPTS]
+    prompts = [tok.prompt(p) for p in SAMPLE_PROMPTS]
     cfg.sample.max_new_tokens = min(cfg.sample.max_new_tokens, cfg.model.block_size - max(map(len, prompts)))
     sampling = sample_lib.sampling_from_config(cfg.sample, tok.eos_id, tok.pad_id)
     out = sample_lib.generate(model, params, prompts, sampling, tokenizer=tok)

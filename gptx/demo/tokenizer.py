@@ -1,4 +1,5 @@
-"""The demo's `tokenizer` stage: a SentencePiece BPE trained on the training split of the bundled corpus."""
+"""The demo's `tokenizer` stage: SentencePiece BPE (or byte-level BPE with --config.tokenizer.kind=bpe) trained on
+the training split of the bundled corpus."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ from gptx.data import loader, sources
 from gptx.demo.report import Report
 from gptx.train import pretrain
 
+KIND_NAMES = {"sentencepiece": lambda t: f"SentencePiece {t.model_type.upper()}", "bpe": lambda t: "Byte-level BPE"}
+
 
 def demo_config(cfg: ml_collections.ConfigDict, workdir: str, train: bool = False) -> ml_collections.ConfigDict:
-    """A copy of `cfg` reading the demo's tokenizer (WORKDIR/tokenizer.model unless the config names one);
+    """A copy of `cfg` reading the demo's tokenizer (the workdir's own unless the config names one);
     with `train`, the tokenizer is trained first when it does not exist yet."""
     c = ml_collections.ConfigDict(cfg.to_dict())
     c.data.tokenizer = pretrain.tokenizer_path(cfg, workdir)
@@ -23,7 +26,7 @@ def demo_config(cfg: ml_collections.ConfigDict, workdir: str, train: bool = Fals
 
 
 def stage(cfg: ml_collections.ConfigDict, workdir: str, report: Report) -> None:
-    """Train a SentencePiece BPE tokenizer on the training split."""
+    """Train the configured tokenizer (SentencePiece or byte-level BPE) on the training split."""
     t0 = time.perf_counter()
     tok = pretrain.train_tokenizer(cfg, workdir)
     docs = sources.read_documents(cfg.data.corpus, cfg.data.doc_separator)
@@ -31,10 +34,10 @@ def stage(cfg: ml_collections.ConfigDict, workdir: str, report: Report) -> None:
     n_tokens = sum(len(tok.encode(d)) for d in train_docs)
     n_chars = sum(len(d) for d in train_docs)
     example = train_docs[1]
-    pieces = [tok.sp.id_to_piece(i) for i in tok.encode(example)[:24]]
+    pieces = [tok.id_to_piece(i) for i in tok.encode(example)[:24]]
     report.section(
         "tokenizer",
-        f"## 1. Tokenizer\n\nSentencePiece {cfg.tokenizer.model_type.upper()} with {tok.vocab_size} pieces, "
+        f"## 1. Tokenizer\n\n{KIND_NAMES[tok.kind](cfg.tokenizer)} with {tok.vocab_size} tokens, "
         f"trained in {time.perf_counter() - t0:.1f} s on {len(train_docs)} documents ({n_chars:,} characters).\n"
         f"Training split: {n_tokens:,} tokens, {n_chars / n_tokens:.2f} characters per token.\n\n"
         f"First pieces of a document: `{' '.join(repr(p)[1:-1] for p in pieces)}`\n",

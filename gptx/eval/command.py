@@ -17,6 +17,7 @@ from absl import logging
 
 from gptx import mesh as mesh_lib
 from gptx.config import ConfigError
+from gptx.data import tokenizer as tokenizer_lib
 from gptx.eval import harness
 from gptx.eval import metrics as M
 from gptx.eval import tasks as T
@@ -60,18 +61,18 @@ def validate_eval(cfg: ml_collections.ConfigDict) -> None:
 
 
 def tokenizer_for(cfg: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
-    """config.data.tokenizer, else WORKDIR/tokenizer.model, else the parent's (the demo keeps its tokenizer in
+    """config.data.tokenizer, else WORKDIR's tokenizer, else the parent's (the demo keeps its tokenizer in
     the demo workdir and the pretrained model in WORKDIR/pretrain)."""
     if cfg.data.tokenizer:
         return cfg
-    for path in (os.path.join(workdir, "tokenizer.model"), os.path.join(os.path.dirname(workdir), "tokenizer.model")):
-        if os.path.exists(path):
+    for directory in (workdir, os.path.dirname(workdir)):
+        if path := tokenizer_lib.find(directory):
             cfg = ml_collections.ConfigDict(cfg.to_dict())
             cfg.data.tokenizer = path
             return cfg
     raise FileNotFoundError(
-        f"no tokenizer.model in {workdir} or its parent: set --config.data.tokenizer=PATH (gptx evaluates text "
-        "through the SentencePiece tokenizer the model was trained with)"
+        f"no tokenizer (tokenizer.model, tokenizer.json, vocab.json + merges.txt) in {workdir} or its parent: set "
+        "--config.data.tokenizer=PATH (gptx evaluates text through the tokenizer the model was trained with)"
     )
 
 

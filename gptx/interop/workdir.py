@@ -90,14 +90,17 @@ def import_checkpoint(
 
 def export_checkpoint(cfg, workdir: str, hf_dir: str, *, mesh=None) -> dict[str, Any]:
     """Latest gptx checkpoint in workdir -> HF directory. Token ids come from WORKDIR/hf_import.json when the
-    workdir was imported, else from gptx's tokenizer when WORKDIR/tokenizer.model exists. Returns the info."""
+    workdir was imported, else from the workdir's tokenizer, whose files are written beside the weights (a BPE
+    tokenizer as tokenizer.json + tokenizer_config.json, which `transformers.AutoTokenizer` loads). Returns the info."""
     cfg = integrity.with_model_of(cfg, workdir)
     params = load_checkpoint_params(cfg, workdir, mesh)
     note = read_json(os.path.join(workdir, IMPORT_NOTE)).get("info", {})
     info = {k: note.get(k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
-    if not note and os.path.exists(os.path.join(workdir, "tokenizer.model")):
-        info = dict(
-            bos_token_id=tokenizer_lib.BOS_ID, eos_token_id=tokenizer_lib.EOS_ID, pad_token_id=tokenizer_lib.PAD_ID
-        )
+    tok_path = cfg.data.tokenizer or tokenizer_lib.find(workdir)
+    tok = tokenizer_lib.load(tok_path) if tok_path else None
+    if tok is not None and not note:
+        info = dict(bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
     save_hf(hf_dir, params, cfg.model, info)
+    if tok is not None and jax.process_index() == 0:
+        tok.save(hf_dir)
     return {"architecture": hf_config_from_model(cfg.model)["architectures"][0], **info}

@@ -191,11 +191,11 @@ def train_run(name: str, cfg: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def _shared_tokenizer(cfg: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
-    """All runs share one tokenizer (WORKDIR/tokenizer.model unless the config names one)."""
+    """All runs share one tokenizer (the sweep workdir's own unless the config names one)."""
 
     cfg = ml_collections.ConfigDict(cfg.to_dict())
     if not cfg.data.tokenizer:
-        cfg.data.tokenizer = os.path.join(os.path.abspath(workdir), "tokenizer.model")
+        cfg.data.tokenizer = pretrain.tokenizer_path(cfg, os.path.abspath(workdir))
         if not os.path.exists(cfg.data.tokenizer):
             os.makedirs(workdir, exist_ok=True)
             pretrain.train_tokenizer(cfg, workdir)

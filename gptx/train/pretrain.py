@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from collections.abc import Callable, Sequence
 
@@ -23,52 +22,59 @@ from gptx.train import checkpoints, integrity, lm, loop
 from gptx.train import step as step_lib
 from gptx.train.state import TrainState, lr_schedule, make_optimizer
 
+# Where a workdir keeps a tokenizer of each config.tokenizer.kind.
+FILES = {"sentencepiece": "tokenizer.model", "bpe": "tokenizer.json"}
+
 
 def tokenizer_path(cfg: ml_collections.ConfigDict, workdir: str) -> str:
-    return cfg.data.tokenizer or os.path.join(workdir, "tokenizer.model")
+    """config.data.tokenizer, else the tokenizer the workdir holds, else where config.tokenizer.kind's is saved."""
+    if cfg.data.tokenizer:
+        return cfg.data.tokenizer
+    own = FILES[cfg.tokenizer.kind]
+    return tokenizer_lib.find(workdir) or os.path.join(workdir, own)
 
 
 def train_tokenizer(cfg: ml_collections.ConfigDict, workdir: str) -> tokenizer_lib.Tokenizer:
-    """Trains the config's SentencePiece BPE on the training split of the corpus; saves it in the workdir."""
+    """Trains config.tokenizer (SentencePiece or byte-level BPE) on the training split of the corpus; saves it in
+    the workdir (or at config.data.tokenizer when that names a file)."""
     docs, _ = loader.split_train_val(
         sources.read_documents(cfg.data.corpus, cfg.data.doc_separator), cfg.data.val_fraction
     )
     t = cfg.tokenizer
     if jax.process_index() == 0:  # a silent phase of seconds to minutes: say what runs
-        print(f"training a {t.vocab_size}-piece {t.model_type} tokenizer on {len(docs):,} documents", file=sys.stderr)
-    tok = tokenizer_lib.train(docs, t.vocab_size, t.model_type, t.character_coverage, t.byte_fallback)
-    path = tokenizer_path(cfg, workdir)
+        print(f"training a {t.vocab_size}-token {t.kind} tokenizer on {len(docs):,} documents", file=sys.stderr)
+    tok = tokenizer_lib.train_from_config(docs, t)
+    path = cfg.data.tokenizer or os.path.join(workdir, FILES[t.kind])
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if jax.process_index() == 0:
         tok.save(path)
-    logging.info("trained a %d-piece %s tokenizer -> %s", tok.vocab_size, t.model_type, path)
+    logging.info("trained a %d-token %s tokenizer -> %s", tok.vocab_size, t.kind, path)
     return tok
 
 
 def load_tokenizer(cfg: ml_collections.ConfigDict, workdir: str) -> tokenizer_lib.Tokenizer:
-    """The configured tokenizer; the default WORKDIR/tokenizer.model is trained when missing."""
+    """The configured tokenizer; the workdir's own is trained when missing."""
     path = tokenizer_path(cfg, workdir)
     if not cfg.data.tokenizer and not os.path.exists(path):
         return train_tokenizer(cfg, workdir)
-    return tokenizer_lib.Tokenizer.load(path)
+    return tokenizer_lib.load(path)
 
 
 def resolve_tokenizer(
     cfg: ml_collections.ConfigDict, workdir: str, init_runs: Sequence[str] = ()
 ) -> tokenizer_lib.Tokenizer:
     """The tokenizer of a run that starts from other runs (fine-tuning, SFT, RM, PPO, vision): config.data.tokenizer,
-    else the tokenizer.model of the first of `init_runs` (workdirs) that has one, else WORKDIR's own (trained on
-    config.data.corpus when missing). The one used is copied to WORKDIR/tokenizer.model, so a run that starts
-    from this one, and `sample`/`eval` on it, find it there."""
-    candidates = [os.path.join(r, "tokenizer.model") for r in init_runs if r]
-    src = cfg.data.tokenizer or next((c for c in candidates if os.path.exists(c)), "")
+    else the tokenizer of the first of `init_runs` (workdirs) that has one, else WORKDIR's own (trained on
+    config.data.corpus when missing). The one used is saved into WORKDIR, so a run that starts from this one,
+    and `sample`/`eval` on it, find it there."""
+    found = (tokenizer_lib.find(r) for r in init_runs if r and os.path.isdir(r))
+    src = cfg.data.tokenizer or next((f for f in found if f), "")
     if not src:
         return load_tokenizer(cfg, workdir)
-    tok = tokenizer_lib.Tokenizer.load(src)
-    own = os.path.join(workdir, "tokenizer.model")
+    tok = tokenizer_lib.load(src)
     os.makedirs(workdir, exist_ok=True)
-    if jax.process_index() == 0 and os.path.abspath(src) != os.path.abspath(own):
-        shutil.copyfile(src, own)
+    if jax.process_index() == 0 and tokenizer_lib.find(workdir) is None:
+        tok.save(workdir)
     return tok
 
 
@@ -140,4 +146,4 @@ def load_trained(cfg: ml_collections.ConfigDict, workdir: str) -> tuple[GPT, dic
     target = checkpoints.abstract_params(model, jnp.zeros((1, config_lib.seq_len(cfg)), jnp.int32))
     with mesh_lib.activation_rules(mesh):
         params, _ = checkpoints.restore_params(workdir, mesh, target)
-    return model, params, tokenizer_lib.Tokenizer.load(tokenizer_path(cfg, workdir))
+    return model, params, tokenizer_lib.load(tokenizer_path(cfg, workdir))

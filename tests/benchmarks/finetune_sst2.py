@@ -99,11 +99,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def finetune_config(args: argparse.Namespace, seed: int, tokenizer: str, init_from: str):
-    from gptx.data.tokenizer import Tokenizer
+    from gptx.data import tokenizer as tokenizer_lib
 
     cfg = load_config("finetune", args.task)
     cfg.data.tokenizer = tokenizer  # both arms read SST-2 with the pretraining tokenizer
-    pieces = Tokenizer.load(tokenizer).vocab_size
+    pieces = tokenizer_lib.load(tokenizer).vocab_size
     cfg.tokenizer.vocab_size = pieces
     cfg.model.vocab_size = pieces + 3  # start, delim, extract
     cfg.data.seed = seed

@@ -1,0 +1,84 @@
+"""What gptx needs of a tokenizer, whichever library implements it.
+
+Two implementations: SentencePiece (`gptx.data.sp_tokenizer`, gptx's default, GPT-1-style) and byte-level BPE or any
+Hugging Face `tokenizer.json` (`gptx.data.bpe_tokenizer`, GPT-2/3's). `gptx.data.tokenizer` loads, finds and trains
+either.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+from collections.abc import Sequence
+
+
+class Tokenizer(abc.ABC):
+    """Text <-> token ids [0, vocab_size), with the special tokens the tokenizer itself defines.
+
+    Attributes:
+      kind: "sentencepiece" or "bpe" (any `tokenizers` model).
+      bos_id / eos_id: begin / end of document. GPT-2 has one token, <|endoftext|>, for both.
+      pad_id: filler of padded positions (always masked); the EOS id when the tokenizer has no pad (GPT-2).
+      add_bos: whether the model this tokenizer belongs to saw BOS before every document in training (gptx's
+        models do; GPT-2 does not). Prompts, packed documents and evaluation contexts follow it.
+    """
+
+    kind: str
+    bos_id: int
+    eos_id: int
+    pad_id: int
+    add_bos: bool
+
+    @property
+    @abc.abstractmethod
+    def vocab_size(self) -> int:
+        """Number of ids, special tokens included; task and image tokens go after it."""
+
+    @abc.abstractmethod
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`, newlines included; no BOS/EOS."""
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """`encode` of each text (implementations may run them in parallel)."""
+        return [self.encode(t) for t in texts]
+
+    @abc.abstractmethod
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of token ids; special tokens (bos/eos/pad) are dropped."""
+
+    @abc.abstractmethod
+    def id_to_piece(self, i: int) -> str:
+        """The vocabulary entry of id `i` (for reports and debugging)."""
+
+    @abc.abstractmethod
+    def save(self, path: str | os.PathLike) -> str:
+        """Writes the tokenizer's files: into `path` under their standard names when it is a directory, else as
+        the file `path` (companions beside it). Returns the path `load` reads."""
+
+    def document(self, text: str) -> list[int]:
+        """A training document's ids: [BOS] text EOS (BOS when `add_bos`)."""
+        return [*self.prefix(), *self.encode(text), self.eos_id]
+
+    def prompt(self, text: str) -> list[int]:
+        """A generation prompt's ids: [BOS] text (BOS when `add_bos`, or when the text is empty)."""
+        return [*self.prefix(), *self.encode(text)] or [self.bos_id]
+
+    def prefix(self) -> list[int]:
+        """Ids put before a prompt or a document: [BOS] when `add_bos`, else none."""
+        return [self.bos_id] if self.add_bos else []
+
+    def special_ids(self) -> frozenset[int]:
+        return frozenset((self.bos_id, self.eos_id, self.pad_id))
+
+
+def target(path: str | os.PathLike, standard_name: str) -> str:
+    """`path` itself, or `path`/`standard_name` when it is a directory."""
+    return os.path.join(path, standard_name) if os.path.isdir(path) else os.fspath(path)
+
+
+def write_atomically(path: str | os.PathLike, data: bytes) -> None:
+    """Write-then-rename: another process never sees a half-written file."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
