@@ -3,6 +3,7 @@ weights, rolling windows equal brute-force per-token sums, scores do not depend 
 generation equals a brute-force argmax loop."""
 
 import re
+from types import SimpleNamespace
 
 import jax
 import numpy as np
@@ -14,7 +15,7 @@ from gptx.data import sources
 from gptx.data import tokenizer as tokenizer_lib
 from gptx.eval import harness
 from gptx.eval import tasks as T
-from gptx.eval.requests import LM, rolling_windows, split_pair
+from gptx.eval.requests import LM, ContextPrefix, rolling_windows, split_pair, with_prefix
 from gptx.interop import hf
 from gptx.models import GPT, GPTConfig
 
@@ -141,6 +142,42 @@ def test_split_pair_keeps_the_tokens_of_running_text(tok):
     assert tok.decode(cont) == "143" and len(cont) < len(tok.encode(" 143"))  # no second word-start marker
     ctx, cont = split_pair(tok, "Answer: ", "yes")  # trailing context spaces move to the continuation
     assert ctx == tok.encode("Answer:") and ctx + cont == tok.encode("Answer: yes")
+
+
+@pytest.mark.parametrize("ending", [" ", "\n", "\n\n", "\t", " \n "])
+def test_split_pair_moves_all_trailing_whitespace_to_the_continuation(tok, ending):
+    """As lm-evaluation-harness's _encode_pair: the context is cut where the text stops being whitespace."""
+    ctx, cont = split_pair(tok, "Answer:" + ending, "yes")
+    assert ctx == tok.encode("Answer:") and ctx + cont == tok.encode("Answer:" + ending + "yes")
+    assert split_pair(tok, ending, "yes") == ([], tok.encode(ending + "yes"))  # nothing left of the context
+
+
+def test_context_prefix_follows_the_tokenizers_training_convention():
+    gptx_tok = SimpleNamespace(bos_id=1, eos_id=2, pad_id=0, add_bos=True)
+    gpt2_tok = SimpleNamespace(bos_id=7, eos_id=7, pad_id=7, add_bos=False)
+    assert ContextPrefix.of(gptx_tok) == ContextPrefix(context=(1,), start=(1,))
+    assert ContextPrefix.of(gpt2_tok) == ContextPrefix(context=(), start=(7,))  # lm-eval's HF backend on GPT-2
+    assert ContextPrefix.of(gptx_tok, "none") == ContextPrefix(context=(), start=(2,))
+    assert ContextPrefix.of(gpt2_tok, "bos") == ContextPrefix(context=(7,), start=(7,))
+    assert ContextPrefix.of(gptx_tok, "eos") == ContextPrefix(context=(2,), start=(2,))
+    with pytest.raises(ValueError, match="expected one of auto, bos, eos, none"):
+        ContextPrefix.of(gptx_tok, "BOS")
+    assert with_prefix([1], [1, 5]) == [1, 5] and with_prefix([1], [5]) == [1, 5] and with_prefix([], [5]) == [5]
+
+
+def test_requests_start_with_the_context_prefix(tok, tiny_lm_parts):
+    model, params = tiny_lm_parts
+    bos, eos = tok.bos_id, tok.eos_id
+    auto, none = LM(model, params, tok), LM(model, params, tok, context_prefix="none")
+    ctx, cont = split_pair(tok, "KING:", " Speak")
+    assert auto.encode_pair("KING:", " Speak") == ([bos, *ctx], cont)  # gptx models saw BOS first
+    assert none.encode_pair("KING:", " Speak") == (ctx, cont)
+    # An empty context, or one of whitespace only, is conditioned on the start prefix (lm-eval's prefix token).
+    assert none.encode_pair("", " Speak") == ([eos], tok.encode(" Speak"))
+    assert none.encode_pair("\n", "Speak") == ([eos], tok.encode("\nSpeak"))
+    assert auto.encode_pair("", " Speak") == ([bos], tok.encode(" Speak"))
+    assert none.prompt_ids("KING:") == tok.encode("KING:") and none.prompt_ids("") == [eos]
+    assert auto.count_tokens("KING:") == len(tok.encode("KING:")) + 1
 
 
 def choice_task() -> T.Task:

@@ -65,6 +65,7 @@ def test_eval_command_prints_a_table_and_writes_json_per_task_and_shot(tmp_path)
         ("batch_size", 0, "config.eval.batch_size=0 must be positive"),
         ("rolling_stride", 4096, "exceeds the context"),
         ("tasks", "lambada,nope", r"config.eval.tasks: unknown task\(s\) \['nope'\]"),
+        ("context_prefix", "bos_always", "config.eval.context_prefix='bos_always' must be one of auto, bos, eos, none"),
     ],
 )
 def test_eval_config_errors_name_the_key(key, value, message):

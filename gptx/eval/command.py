@@ -21,7 +21,7 @@ from gptx.data import tokenizer as tokenizer_lib
 from gptx.eval import harness
 from gptx.eval import metrics as M
 from gptx.eval import tasks as T
-from gptx.eval.requests import LM
+from gptx.eval.requests import CONTEXT_PREFIXES, LM
 from gptx.train import logs, pretrain
 
 RESULTS = "eval_results.json"
@@ -58,6 +58,11 @@ def validate_eval(cfg: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"config.eval.{key}={e[key]} must be >= 0")
     if e.rolling_stride > cfg.model.block_size:
         raise ConfigError(f"config.eval.rolling_stride={e.rolling_stride} exceeds the context {cfg.model.block_size}")
+    if e.context_prefix not in CONTEXT_PREFIXES:
+        raise ConfigError(
+            f"config.eval.context_prefix={e.context_prefix!r} must be one of {', '.join(CONTEXT_PREFIXES)} "
+            '("auto": the tokenizer\'s convention, BOS for gptx-trained models, none for GPT-2)'
+        )
 
 
 def tokenizer_for(cfg: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
@@ -84,7 +89,10 @@ def load_lm(cfg: ml_collections.ConfigDict, workdir: str, mesh=None) -> LM:
     model, params, tok = pretrain.load_trained(cfg, workdir)
     if tok.vocab_size > cfg.model.vocab_size:
         raise ConfigError(f"config.model.vocab_size={cfg.model.vocab_size} < the tokenizer's {tok.vocab_size} pieces")
-    return LM(model, params, tok, batch_size=cfg.eval.batch_size, mesh=mesh, progress=cfg.train.progress)
+    return LM(
+        model, params, tok, batch_size=cfg.eval.batch_size, mesh=mesh, context_prefix=cfg.eval.context_prefix,
+        progress=cfg.train.progress,
+    )  # fmt: skip
 
 
 def make_grader(cfg: ml_collections.ConfigDict, lm: LM) -> M.Grader | None:

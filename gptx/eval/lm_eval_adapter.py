@@ -11,8 +11,9 @@ or lm-eval's own command line with the model registered as "gptx":
         --model_args workdir=/tmp/gptx_demo/pretrain,config=configs/eval.py:demo --tasks lambada_openai
 
 The three request types map onto gptx.eval.requests.LM, which batches them (sorted by length, deduplicated)
-and prefixes every context with the tokenizer's BOS, the token gptx models see at the start of a document,
-which is also lm-eval's convention for rolling log-likelihoods (conditioned on BOS/EOS).
+and conditions them on the model's own prefix (config.eval.context_prefix): BOS for gptx-trained models, which
+saw it at the start of every document; for GPT-2, lm-eval's Hugging Face backend's convention (no BOS, and
+<|endoftext|> before an empty context or a rolling text).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class GptxLM(_LMBase):
 
     Build it from a checkpoint workdir and a config (`workdir=`, `config=`, optional `batch_size=`), or wrap an
     existing gptx.eval.requests.LM with `lm=`. `rolling_stride` sets the perplexity windows (0: lm-eval's
-    disjoint windows, the last one with a full context).
+    disjoint windows, the last one with a full context); `context_prefix` overrides config.eval.context_prefix.
     """
 
     def __init__(
@@ -59,6 +60,7 @@ class GptxLM(_LMBase):
         lm: LM | None = None,
         rolling_stride: int = 0,
         max_gen_toks: int = 256,
+        context_prefix: str | None = None,
         **unused: Any,  # lm-eval passes device / max_batch_size, which gptx takes from its config
     ):
         super().__init__()
@@ -70,6 +72,8 @@ class GptxLM(_LMBase):
             cfg = load_config(config)
             if batch_size not in (None, "", "auto"):
                 cfg.eval.batch_size = int(batch_size)
+            if context_prefix:
+                cfg.eval.context_prefix = context_prefix
             lm = command.load_lm(cfg, workdir)
         self.lm = lm
         self.rolling_stride = int(rolling_stride)
@@ -81,7 +85,7 @@ class GptxLM(_LMBase):
         return [(s.logprob, s.is_greedy) for s in scores]
 
     def loglikelihood_rolling(self, requests) -> list[float]:
-        """Instance.args = (text,) -> log P(text | BOS), over windows when longer than the context."""
+        """Instance.args = (text,) -> log P(text | prefix token), over windows when longer than the context."""
         return [r.logprob for r in self.lm.loglikelihood_rolling([r.args[0] for r in requests], self.rolling_stride)]
 
     def generate_until(self, requests) -> list[str]:
@@ -107,7 +111,8 @@ class GptxLM(_LMBase):
 
     @property
     def tokenizer_name(self) -> str:
-        return "gptx-sentencepiece"
+        # lm-eval keys its request cache on this name.
+        return f"gptx-{getattr(self.lm.tokenizer, 'kind', 'sentencepiece')}"
 
 
 if __name__ == "__main__":

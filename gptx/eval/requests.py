@@ -11,8 +11,10 @@ score is read from its own row and summed on the host in float64, so another bat
 float32 rounding (XLA may order a matmul's sums differently for another batch shape, ~1e-6 nats): the metrics
 are the same for any batch size.
 
-Every context starts with `prefix_ids` (the tokenizer's BOS by default): gptx models are trained on documents
-that start with BOS, and a continuation needs at least one token before it to be predicted from.
+What a request is conditioned on before its own text is the model's convention (`ContextPrefix`): gptx models
+were trained on documents that start with BOS, so every context starts with BOS; GPT-2 never saw a BOS, so a
+context is scored as it is, as lm-evaluation-harness's Hugging Face backend does, and only an empty context or a
+rolling text, whose first token needs a token to be predicted from, starts with <|endoftext|>.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class TextTokenizer(Protocol):
     bos_id: int
     eos_id: int
     pad_id: int
+    add_bos: bool  # the model saw BOS before every document in training
 
     def encode(self, text: str) -> list[int]: ...
 
@@ -106,14 +109,15 @@ def rolling_windows(n_tokens: int, max_len: int, stride: int = 0) -> list[tuple[
 def split_pair(tokenizer: TextTokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
     """Tokens of (context, continuation), cut from the tokens of context + continuation.
 
-    Trailing spaces of the context move to the continuation, as lm-evaluation-harness does, so " word" is
-    scored as the tokenizer would see it inside running text. Encoding the two separately would not do:
+    All trailing whitespace of the context (spaces, newlines, tabs) moves to the continuation, as
+    lm-evaluation-harness's `_encode_pair` does: tokenizers cut whitespace differently at the end of a text than
+    before a word (GPT-2 ends "Hello" + blank line with one two-newline token, but splits the two newlines
+    before "A"), so the context is cut where running text would be. Encoding the two separately would not do:
     SentencePiece marks the start of every encoded string. When a token straddles the boundary it belongs to
-    the continuation.
+    the continuation (lm-eval instead cuts at len(encode(context)) and would drop it from the score).
     """
-    n_spaces = len(context) - len(context.rstrip(" "))
-    if n_spaces:
-        context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+    stripped = context.rstrip()
+    context, continuation = stripped, context[len(stripped) :] + continuation
     whole = tokenizer.encode(context + continuation)
     ctx = tokenizer.encode(context) if context else []
     common = 0
@@ -125,6 +129,50 @@ def split_pair(tokenizer: TextTokenizer, context: str, continuation: str) -> tup
     return whole[:common], whole[common:]
 
 
+CONTEXT_PREFIXES = ("auto", "bos", "eos", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class ContextPrefix:
+    """Tokens a request is conditioned on before its own text.
+
+    context: put before a non-empty context (and a generation prompt).
+    start: put before an empty context and a rolling text: what their first token is predicted from, so never
+      empty when text requests are scored (lm-eval's prefix token).
+    """
+
+    context: tuple[int, ...]
+    start: tuple[int, ...]
+
+    @classmethod
+    def of(cls, tokenizer: TextTokenizer, mode: str = "auto") -> ContextPrefix:
+        """The convention `mode` for `tokenizer`'s model.
+
+        "bos": BOS before everything (gptx-trained models: every training document started with it).
+        "eos": EOS before everything (models trained on documents joined by an end-of-text token).
+        "none": nothing before a non-empty context; EOS before an empty one and before a rolling text. This is
+          lm-evaluation-harness's Hugging Face backend on GPT-2 (no BOS added; <|endoftext|> as the prefix token).
+        "auto": "bos" when the tokenizer's model was trained with BOS (`tokenizer.add_bos`), else "none".
+        """
+        if mode not in CONTEXT_PREFIXES:
+            raise ValueError(f"context prefix {mode!r}: expected one of {', '.join(CONTEXT_PREFIXES)}")
+        if mode == "auto":
+            # A tokenizer without the attribute predates it: one of gptx's own, which all train with BOS.
+            mode = "bos" if getattr(tokenizer, "add_bos", True) else "none"
+        if mode == "bos":
+            return cls((tokenizer.bos_id,), (tokenizer.bos_id,))
+        if mode == "eos":
+            return cls((tokenizer.eos_id,), (tokenizer.eos_id,))
+        return cls((), (tokenizer.eos_id,))
+
+
+def with_prefix(prefix: Sequence[int], tokens: Sequence[int]) -> list[int]:
+    """prefix + tokens, unless the tokens already start with the prefix (a text that spells out <|endoftext|>
+    or <s> itself), which lm-eval does not double either."""
+    prefix, tokens = list(prefix), list(tokens)
+    return tokens if prefix and tokens[: len(prefix)] == prefix else prefix + tokens
+
+
 class LM:
     """A gptx model answering evaluation requests.
 
@@ -134,7 +182,9 @@ class LM:
       tokenizer: encode/decode/bos_id/eos_id/pad_id; only the text-level methods need it.
       batch_size: rows per forward pass (rounded up to a multiple of the mesh's batch shards).
       mesh: run under this mesh (activation sharding rules); None runs on the default device.
-      prefix_ids: tokens put before every context; None: [tokenizer.bos_id].
+      context_prefix: the prefix convention: "auto", "bos", "eos" or "none" (see `ContextPrefix.of`).
+      prefix_ids: tokens put before every context and rolling text instead (token-level callers without a
+        tokenizer; [] scores token requests only).
       progress: show a progress bar over the batches of each call (process 0).
     """
 
@@ -146,6 +196,7 @@ class LM:
         *,
         batch_size: int = 16,
         mesh: Mesh | None = None,
+        context_prefix: str = "auto",
         prefix_ids: Sequence[int] | None = None,
         progress: bool = False,
     ):
@@ -153,9 +204,12 @@ class LM:
         self.max_len = model.cfg.block_size
         shards = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
         self.batch_size = -(-max(1, batch_size) // shards) * shards
-        if prefix_ids is None:
-            prefix_ids = [tokenizer.bos_id] if tokenizer is not None else []
-        self.prefix_ids = list(prefix_ids)
+        if prefix_ids is not None:
+            self.prefix = ContextPrefix(tuple(prefix_ids), tuple(prefix_ids))
+        elif tokenizer is not None:
+            self.prefix = ContextPrefix.of(tokenizer, context_prefix)
+        else:
+            self.prefix = ContextPrefix((), ())
         self.pad_id = tokenizer.pad_id if tokenizer is not None else 0
         self._score = _make_scorer(model, mesh)
         self.forward_passes = 0  # batches run, for throughput reports
@@ -215,11 +269,12 @@ class LM:
 
     def rolling_tokens(self, texts: Sequence[Sequence[int]], stride: int = 0) -> list[float]:
         """log P(tokens) of each token list after the prefix, over `rolling_windows` when longer than the context."""
-        if not self.prefix_ids:
-            raise ValueError("rolling log-likelihood needs prefix_ids (a token to predict the first token from)")
+        if not self.prefix.start:
+            raise ValueError("rolling log-likelihood needs a prefix token (to predict the first token from)")
         requests, owner = [], []
         for j, toks in enumerate(texts):
-            full = [*self.prefix_ids[-1:], *toks]
+            # lm-eval's windows condition on one prefix token (its EOT/BOS), the model's start of a document.
+            full = [*self.prefix.start[-1:], *toks]
             for start, a, b in rolling_windows(len(toks), self.max_len, stride):
                 requests.append((full[start:a], full[a:b]))
                 owner.append(j)
@@ -237,15 +292,27 @@ class LM:
         return self.tokenizer
 
     def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """(prefix + context tokens, continuation tokens); a context that is empty (or only whitespace, which
+        moves to the continuation) gets the start prefix, as lm-eval's empty contexts get its prefix token."""
         ctx, cont = split_pair(self._tok(), context, continuation)
-        return self.prefix_ids + ctx, cont
+        if ctx:
+            return with_prefix(self.prefix.context, ctx), cont
+        start = list(self.prefix.start)
+        if start and len(cont) > 1 and cont[: len(start)] == start:  # the text itself starts with the prefix
+            return cont[: len(start)], cont[len(start) :]
+        return start, cont
+
+    def prompt_ids(self, text: str) -> list[int]:
+        """Tokens a generation prompt is fed as: the context prefix and the text (the start prefix if empty)."""
+        toks = self._tok().encode(text)
+        return with_prefix(self.prefix.context if toks else self.prefix.start, toks)
 
     def loglikelihood(self, requests: Sequence[tuple[str, str]]) -> list[Loglikelihood]:
         """log P(continuation | prefix + context) and is_greedy for (context, continuation) strings."""
         return self.loglikelihood_tokens([self.encode_pair(c, x) for c, x in requests])
 
     def loglikelihood_rolling(self, texts: Sequence[str], stride: int = 0) -> list[Rolling]:
-        """log P(text | prefix) of whole texts, with counts for perplexity and bits per byte."""
+        """log P(text | start prefix) of whole texts, with counts for perplexity and bits per byte."""
         tokens = [self._tok().encode(t) for t in texts]
         logps = self.rolling_tokens(tokens, stride)
         return [
@@ -254,7 +321,7 @@ class LM:
         ]
 
     def count_tokens(self, text: str) -> int:
-        return len(self.prefix_ids) + len(self._tok().encode(text))
+        return len(self.prompt_ids(text))
 
     def generate_until(
         self,
@@ -277,7 +344,7 @@ class LM:
         if not 0 < max_new_tokens < self.max_len:
             raise ValueError(f"max_new_tokens={max_new_tokens} must be in [1, {self.max_len}) (the context)")
         keep = self.max_len - max_new_tokens
-        prompts = [(self.prefix_ids + tok.encode(ctx))[-keep:] for ctx, _ in requests]
+        prompts = [self.prompt_ids(ctx)[-keep:] for ctx, _ in requests]
         sampling = SamplingConfig(
             max_new_tokens=max_new_tokens, temperature=temperature, eos_id=tok.eos_id, pad_id=self.pad_id
         )
