@@ -53,6 +53,9 @@ def default() -> ml_collections.ConfigDict:
     c.model.dtype = "float32"  # compute dtype (bfloat16 on accelerators)
     c.model.param_dtype = "float32"
     c.model.remat = "none"  # none | full | dots | dots_no_batch
+    # Vocab tiling: losses and scores compute the [tokens x vocab] logits this many positions at a time and
+    # recompute them in the backward pass (gptx/models/vocab_tiling.py); 0: the whole sequence at once.
+    c.model.logits_chunk = 512
     c.model.scan_layers = False
 
     c.mesh = ml_collections.ConfigDict()
@@ -254,8 +257,23 @@ def default() -> ml_collections.ConfigDict:
     # InstructGPT (gptx/rlhf/): SFT, the K-choose-2 reward model and PPO-ptx. The optimizer of `sft`, `rm` and of
     # the PPO policy reads config.train; sequences are config.data.seq_len (0: model.block_size) long.
     c.rlhf = ml_collections.ConfigDict()
+    c.rlhf.stage = ""  # sft | rm | ppo: the step a config file is for (`aot` compiles the PPO step for "ppo")
     c.rlhf.init_from = ""  # sft: pretrained workdir; rm and ppo: the SFT workdir ("" = random init)
+    c.rlhf.allow_random_init = False  # rm: train from random weights when init_from is "" (else an error)
     c.rlhf.reward_from = ""  # ppo: the reward model's workdir (reward, value init, normalisation)
+    # The reward (and so the value) model's own shape: name = "" (the shape saved with reward_from, else the
+    # policy's), a paper size ("gpt3:6.7b", "gpt2:355m", "gpt1:117m") or a workdir whose config.json gives it;
+    # nonzero fields below override the named shape (gptx/rlhf/sizes.py).
+    c.rlhf.reward_model = ml_collections.ConfigDict()
+    c.rlhf.reward_model.name = ""
+    c.rlhf.reward_model.n_layer = 0
+    c.rlhf.reward_model.n_head = 0
+    c.rlhf.reward_model.d_model = 0
+    c.rlhf.reward_model.d_head = 0
+    c.rlhf.reward_model.d_ff = 0
+    # rm: "reference" (lm-human-preferences: gain and bias give SFT samples mean 0, std 1) or "demonstrations"
+    # (InstructGPT: gain 1, a bias that gives the demonstrations of config.rlhf.demonstrations mean 0).
+    c.rlhf.reward_norm = "reference"
     c.rlhf.data_dir = "../shared/data"  # a relative path is taken from the repository root
     c.rlhf.demonstrations = "self_instruct"  # sft: self_instruct | corpus (next-line continuations of data.corpus)
     c.rlhf.comparisons = "hh_rlhf"  # rm: hh_rlhf | labeler (K SFT samples per prompt ranked by rlhf.labeler)
@@ -285,6 +303,7 @@ def default() -> ml_collections.ConfigDict:
     c.rlhf.cliprange = 0.2
     c.rlhf.cliprange_value = 0.2
     c.rlhf.whiten_advantages = True
+    c.rlhf.whiten_rewards = False  # lm-human-preferences' whiten_rewards: per-token rewards scaled to unit variance
     c.rlhf.value_lr = 1e-5  # Adam of the value model (the policy uses train.lr)
     c.rlhf.ptx_coef = 0.0  # γ of PPO-ptx (InstructGPT: 27.8); 0 = plain PPO
     c.rlhf.ptx_batch = 8  # pretraining sequences per PPO minibatch
@@ -303,6 +322,10 @@ def default() -> ml_collections.ConfigDict:
     c.eval.rolling_stride = 0  # perplexity windows predict this many new tokens each; 0 = the context length
     c.eval.grader = ""  # model-graded metric: "" none, "self", or a workdir holding a grader of config.model
     c.eval.examples = 0  # keep this many prompts (and generations) per task and shot count in the JSON
+    # What a request is conditioned on before its text (the model's training convention): "auto" = the
+    # tokenizer's (BOS for gptx-trained models; for GPT-2, no BOS and <|endoftext|> before empty contexts and
+    # rolling texts, as lm-evaluation-harness), or "bos", "eos", "none" (see gptx.eval.requests.ContextPrefix).
+    c.eval.context_prefix = "auto"
     c.eval.output = ""  # results JSON; "" = WORKDIR/eval_results.json
     return c
 
@@ -341,6 +364,8 @@ def validate_model(m: ml_collections.ConfigDict) -> None:
             f"config.model.d_model={m.d_model} is not divisible by config.model.n_head={m.n_head} "
             "(set config.model.d_head to decouple them)"
         )
+    if m.logits_chunk < 0:
+        raise ConfigError(f"config.model.logits_chunk={m.logits_chunk} must be >= 0 (0: no vocab tiling)")
     if m.attention == "alternating" and m.local_window <= 0:
         raise ConfigError(f"config.model.local_window={m.local_window} must be positive for banded attention")
     if m.scan_layers and m.attention == "alternating" and m.n_layer % 2:

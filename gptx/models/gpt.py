@@ -50,6 +50,7 @@ class GPTConfig:
     param_dtype: jnp.dtype | str = "float32"
     remat: str = "none"
     scan_layers: bool = False
+    logits_chunk: int = 0  # positions per chunk of the losses' logits (gptx/models/vocab_tiling.py); 0: all
     name: str = "custom"
 
     def __post_init__(self):

@@ -32,6 +32,9 @@ DAMAGED = "damaged_checkpoints"
 # Settings a resumed run must share with the saved one: the state's shapes, and what the saved data position
 # means (a grain iterator state is only valid for the same batching, packing and worker count).
 RESUME_KEYS = ("model", "data.seq_len", "data.worker_count", "data.corpus", "train.batch_size")
+# Model keys that choose how the same model is computed, not what it is: a resumed run may change them (e.g.
+# more rematerialisation or vocab tiling after running out of memory).
+EXECUTION_KEYS = ("model.remat", "model.logits_chunk", "model.attention_impl", "model.name")
 
 
 def path_name(path) -> str:
@@ -126,7 +129,11 @@ def check_resume(workdir: str, cfg: ml_collections.ConfigDict) -> None:
     if saved is None:
         return
     before, now = _flat(saved), _flat(json.loads(json.dumps(cfg.to_dict(), default=str)))
-    keys = sorted(k for k in set(before) | set(now) if k.startswith(RESUME_KEYS) and before.get(k) != now.get(k))
+    keys = sorted(
+        k
+        for k in set(before) | set(now)
+        if k.startswith(RESUME_KEYS) and k not in EXECUTION_KEYS and before.get(k) != now.get(k)
+    )
     if keys:
         diffs = ", ".join(f"{k}: saved {before.get(k)!r}, now {now.get(k)!r}" for k in keys[:6])
         raise ConfigError(

@@ -6,9 +6,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import linen as nn
 
+from gptx.models import vocab_tiling
 from gptx.train import step as step_lib
 
 Batch = dict[str, jax.Array]
@@ -20,17 +20,20 @@ def lm_loss_sum(params: Any, batch: Batch, rng: jax.Array | None, model: nn.Modu
     batch: `inputs`, `targets`, `positions`, `segment_ids` [B, T] int32 and `weights` [B, T] float32.
     rng: the dropout key; None evaluates with dropout off.
     """
-    logits = model.apply(
+    hidden = model.apply(
         {"params": params},
         batch["inputs"],
         batch["positions"],
         batch["segment_ids"],
         deterministic=rng is None,
         rngs=None if rng is None else {"dropout": rng},
-    )  # [B, T, V] float32
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
+        return_hidden=True,
+    )  # [B, T, D]
+    # The [B, T, V] logits exist only model.cfg.logits_chunk positions at a time.
+    wte = nn.meta.unbox(params["wte"])  # the tied output head; params straight from init are still boxed
+    logp, _ = vocab_tiling.token_logprobs(hidden, wte, batch["targets"], chunk=model.cfg.logits_chunk)
     w = batch["weights"]
-    return jnp.sum(ce * w), jnp.sum(w)
+    return -jnp.sum(logp * w), jnp.sum(w)
 
 
 def loss(model: nn.Module) -> step_lib.Loss:
