@@ -177,15 +177,18 @@ def _convert(cfg, workdir: str) -> None:
     new, info = convert.import_checkpoint(cfg, _HF_DIR.value, workdir, allow_pickle=_ALLOW_PICKLE.value)
     if jax.process_index():
         return
-    overrides = " ".join(info["overrides"]) or "(none)"
+    m, tok = new.model, info["tokenizer"]
     print(
-        f"note: config.model was overwritten from {_HF_DIR.value}/config.json; to train or sample from this "
-        f"checkpoint pass {overrides}. HF's BPE vocabulary is not converted (gptx tokenizers are SentencePiece)"
+        f"imported {info['architecture']} ({m.n_layer} layers, d_model {m.d_model}, vocab {m.vocab_size}; "
+        f"bos {info['bos_token_id']}, eos {info['eos_token_id']}) -> {workdir}/checkpoints"
     )
-    print(
-        f"imported {info['architecture']} ({new.model.n_layer} layers, d_model {new.model.d_model}, vocab "
-        f"{new.model.vocab_size}; bos {info['bos_token_id']}, eos {info['eos_token_id']}) -> {workdir}/checkpoints"
-    )
+    differs = f" (differs from --config in {' '.join(info['overrides'])})" if info["overrides"] else ""
+    print(f"config: model from {_HF_DIR.value}/config.json{differs} -> {workdir}/config.json, read by later commands")
+    if tok is None:
+        print(f"tokenizer: none in {_HF_DIR.value}; pass --config.data.tokenizer=PATH to sample, eval or train")
+        return
+    bos = "BOS before each prompt and document" if tok["add_bos"] else "no BOS before prompts or documents"
+    print(f"tokenizer: {tok['kind']}, {tok['vocab_size']} ids, {bos}, from {tok['source']} -> {tok['path']}")
 
 
 def _flat(d: dict, prefix: str = "") -> typing.Iterator[tuple[str, object]]:

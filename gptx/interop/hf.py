@@ -413,7 +413,7 @@ def read_json(path: str) -> dict[str, Any]:
 
 def special_tokens(hf_dir: str, hf: Mapping[str, Any]) -> dict[str, Any]:
     """bos/eos/pad token ids (config.json, then generation_config.json) and, when the directory has tokenizer
-    files, their strings. gptx's own tokenizer is SentencePiece; HF's BPE vocabulary is not converted."""
+    files, their strings. The tokenizer itself is read by `gptx.interop.workdir.hf_tokenizer`."""
     gen = read_json(os.path.join(hf_dir, "generation_config.json"))
     info: dict[str, Any] = {}
     for key in ("bos_token_id", "eos_token_id", "pad_token_id"):

@@ -1,8 +1,10 @@
 """Hugging Face checkpoints in and out of gptx workdirs: the `convert` command's two directions.
 
 `import_checkpoint` turns an HF GPT-2 / OpenAI GPT directory into the step-0 checkpoint of a workdir (a fresh
-optimizer state, no data position), which `train`, `finetune`, `sample` and `eval` read like any other;
-`export_checkpoint` writes the latest checkpoint of a workdir as an HF directory. The formats are gptx/interop/hf.py's.
+optimizer state, no data position) with the run's config.json and the directory's tokenizer, which `train`,
+`finetune`, `sample` and `eval` read like any other; `export_checkpoint` writes the latest checkpoint of a workdir
+as an HF directory with its tokenizer, which `transformers.AutoModelForCausalLM` and `AutoTokenizer` load. The
+formats are gptx/interop/hf.py's.
 """
 
 from __future__ import annotations
@@ -76,16 +78,52 @@ def import_checkpoint(
     cfg, hf_dir: str, workdir: str, *, mesh=None, allow_pickle: bool = False
 ) -> tuple[Any, dict[str, Any]]:
     """HF checkpoint directory -> gptx checkpoint in workdir. Returns (the config with its model section taken
-    from config.json, info). Also writes WORKDIR/hf_import.json with the info and the config overrides."""
+    from config.json, info).
+
+    The workdir gets what later commands read, so that they need no extra flags: the step-0 checkpoint, the run's
+    config.json (the model shape), the directory's tokenizer when it has one (saved as the workdir's own;
+    info["tokenizer"] describes it, None when there is none), and hf_import.json with the info and the
+    `--config.model.*` values in which the import differs from `cfg` (info["overrides"]).
+    """
     m, params, info = load_hf(hf_dir, cfg.model, allow_pickle=allow_pickle)
+    found = hf_tokenizer(hf_dir, m.vocab_size)  # before anything is written: a bad tokenizer leaves no checkpoint
     new = cfg.copy_and_resolve_references()
     new.model = m
+    if found is not None:  # the run's config.json then describes the tokenizer the workdir holds
+        new.tokenizer.update(kind=found[0].kind, vocab_size=found[0].vocab_size)
     config_lib.validate(new)
     save_checkpoint(new, params, workdir, mesh)
+    info["tokenizer"] = None
+    if found is not None:
+        tok, source = found
+        saved = tok.save(workdir) if jax.process_index() == 0 else tokenizer_lib.find(workdir)
+        info["tokenizer"] = dict(
+            kind=tok.kind, vocab_size=tok.vocab_size, bos_id=tok.bos_id, eos_id=tok.eos_id, pad_id=tok.pad_id,
+            add_bos=tok.add_bos, source=source, path=saved,
+        )  # fmt: skip
     info["overrides"] = model_overrides(m, cfg.model)
     with open(os.path.join(workdir, IMPORT_NOTE), "w") as f:
         json.dump({"info": info, "model": m.to_dict()}, f, indent=2, default=str)
     return new, info
+
+
+def hf_tokenizer(hf_dir: str, model_vocab: int) -> tuple[tokenizer_lib.Tokenizer, str] | None:
+    """(tokenizer, the path it was read from) of an HF checkpoint directory, or None when it has none.
+
+    Read as `tokenizer_lib.load` reads a directory: tokenizer.json, else OpenAI's vocab.json + merges.txt, with
+    the special tokens of tokenizer_config.json / special_tokens_map.json. A tokenizer with more ids than the
+    model's embedding has rows is an InteropError: its last ids would index past the table.
+    """
+    path = tokenizer_lib.find(hf_dir)
+    if path is None:
+        return None
+    tok = tokenizer_lib.load(path)
+    if tok.vocab_size > model_vocab:
+        raise InteropError(
+            f"{path}: the tokenizer has {tok.vocab_size} ids but {os.path.join(hf_dir, 'config.json')} has "
+            f"vocab_size={model_vocab}; this tokenizer does not belong to this model"
+        )
+    return tok, path
 
 
 def export_checkpoint(cfg, workdir: str, hf_dir: str, *, mesh=None) -> dict[str, Any]:

@@ -101,9 +101,15 @@ def abstract_state(init_fn: Callable[[jax.Array], Any], mesh: Mesh, rng: jax.Arr
 
 
 def init_state(init_fn: Callable[[jax.Array], Any], mesh: Mesh, rng: jax.Array) -> Any:
-    """A fresh state built directly in the shardings of its logical annotations (never whole on one device)."""
+    """A fresh state built directly in the shardings of its logical annotations (never whole on one device).
+
+    Arrays that init_fn closes over (a restored checkpoint's params) enter the jit as arguments, in their own
+    shardings: as constants of the program they would be embedded in it whole, on every device."""
     shardings, _ = abstract_state(init_fn, mesh, rng)
-    return jax.jit(lambda r: nn.meta.unbox(init_fn(r)), out_shardings=shardings)(rng)
+    closed, shapes = jax.make_jaxpr(lambda r: nn.meta.unbox(init_fn(r)), return_shape=True)(rng)
+    tree = jax.tree.structure(shapes)
+    run = lambda consts, r: jax.tree.unflatten(tree, jax.core.eval_jaxpr(closed.jaxpr, consts, r))
+    return jax.jit(run, out_shardings=shardings)(closed.consts, rng)
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: Any, data_iter: Any = None) -> None:
@@ -166,6 +172,16 @@ def _restore_verified(mngr: ocp.CheckpointManager, step: int, target: Any, data_
     if not _all_processes_ok(problem is None):
         raise _Damaged(problem or "another process could not read it")
     return state
+
+
+def has_data_position(workdir: str) -> bool:
+    """Whether the latest step of WORKDIR/checkpoints holds a data position: a run to resume. A step without one
+    (weights converted by `gptx.main convert`) is a starting point, like an init_from run."""
+    step = latest_step(workdir)
+    if step is None:
+        return False
+    with manager(workdir, partial=True) as mngr:
+        return _has(mngr.item_metadata(step), DATA)
 
 
 def _has(items: Any, name: str) -> bool:

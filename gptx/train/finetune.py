@@ -222,6 +222,18 @@ def read_task(cfg: ml_collections.ConfigDict, spec: ft.TaskSpec) -> tuple[list, 
     return train_ex, dev_ex, report
 
 
+def grow_vocab_for(cfg: ml_collections.ConfigDict, tok: tokenizer_lib.Tokenizer) -> ml_collections.ConfigDict:
+    """`cfg` with config.model.vocab_size raised to hold the tokenizer and the fine-tuning tokens when smaller."""
+    n = len(task_names(cfg))
+    needed = ft.SpecialTokens.for_tokenizer(tok.vocab_size, n if n > 1 else 0).vocab_needed
+    if needed <= cfg.model.vocab_size:
+        return cfg
+    logging.info("config.model.vocab_size %d -> %d: room for the fine-tuning tokens", cfg.model.vocab_size, needed)
+    out = cfg.copy_and_resolve_references()
+    out.model.vocab_size = needed
+    return out
+
+
 def special_tokens(cfg: ml_collections.ConfigDict, tok: tokenizer_lib.Tokenizer) -> ft.SpecialTokens:
     """start/delim/extract (and task tokens when several tasks run) after the tokenizer's pieces."""
     n = len(task_names(cfg))
@@ -285,6 +297,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, mesh: Mesh | None = None) 
     cfg = integrity.with_model_of(cfg, cfg.finetune.init_from, grow_vocab=True)
     mesh = mesh or mesh_lib.make_mesh(cfg.mesh)
     tok = pretrain.resolve_tokenizer(cfg, workdir, (cfg.finetune.init_from,))
+    if cfg.finetune.init_from:  # the pretrained table grows by the task tokens (checkpoints.grow_embedding)
+        cfg = grow_vocab_for(cfg, tok)
     special = special_tokens(cfg, tok)
     specs = tuple(ft.TASKS[n] for n in task_names(cfg))
     encoding = Encoding(tok, special, specs, config_lib.seq_len(cfg))

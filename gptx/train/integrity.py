@@ -123,8 +123,11 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def check_resume(workdir: str, cfg: ml_collections.ConfigDict) -> None:
-    """ConfigError naming every RESUME_KEYS setting in which `cfg` differs from the run saved in WORKDIR."""
+def check_resume(workdir: str, cfg: ml_collections.ConfigDict, data_position: bool = True) -> None:
+    """ConfigError naming every RESUME_KEYS setting in which `cfg` differs from the run saved in WORKDIR.
+
+    data_position: whether the checkpoint holds one; without it (converted weights) the data and batch settings
+    start afresh and only the model is compared."""
     saved = saved_config(workdir)
     if saved is None:
         return
@@ -132,7 +135,9 @@ def check_resume(workdir: str, cfg: ml_collections.ConfigDict) -> None:
     keys = sorted(
         k
         for k in set(before) | set(now)
-        if k.startswith(RESUME_KEYS) and k not in EXECUTION_KEYS and before.get(k) != now.get(k)
+        if k.startswith(RESUME_KEYS if data_position else ("model",))
+        and k not in EXECUTION_KEYS
+        and before.get(k) != now.get(k)
     )
     if keys:
         diffs = ", ".join(f"{k}: saved {before.get(k)!r}, now {now.get(k)!r}" for k in keys[:6])

@@ -171,7 +171,7 @@ class TrainLoop:
     def run(self) -> LoopResult:
         os.makedirs(self.workdir, exist_ok=True)
         if checkpoints.all_steps(self.workdir):
-            integrity.check_resume(self.workdir, self.config)
+            integrity.check_resume(self.workdir, self.config, checkpoints.has_data_position(self.workdir))
         integrity.write_config(self.workdir, self.config)
         self.writer = MetricWriter(self.workdir)
         self.mngr = checkpoints.manager(self.workdir, keep=self.t.keep_ckpts, async_save=self.t.async_ckpt)

@@ -129,6 +129,8 @@ def make_trainer(
 def run(cfg: ml_collections.ConfigDict, workdir: str, mesh: Mesh | None = None) -> loop.LoopResult:
     """`gptx.main train`: pretrains a GPT on config.data.corpus, checkpointing into workdir."""
     mesh = mesh or mesh_lib.make_mesh(cfg.mesh)
+    if checkpoints.latest_step(workdir) is not None and not checkpoints.has_data_position(workdir):
+        cfg = integrity.with_model_of(cfg, workdir)  # converted weights: train the model they are
     tok = load_tokenizer(cfg, workdir)
     docs = sources.read_documents(cfg.data.corpus, cfg.data.doc_separator)
     train_docs, val_docs = loader.split_train_val(docs, cfg.data.val_fraction)
