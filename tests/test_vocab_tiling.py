@@ -92,3 +92,20 @@ def test_compiled_gradient_temporaries_do_not_scale_with_tokens_times_vocab():
     extra_chunk = b * chunk * (large - small) * 4
     assert tiled[large] - tiled[small] <= 3 * extra_chunk, (tiled, full)
     assert tiled[large] < full[large] / 2, (tiled, full)
+
+
+def test_finetune_aux_lm_logprobs_equal_the_full_logits():
+    from gptx.models import heads
+    from gptx.train import finetune
+
+    b, s, t, vocab = 2, 2, 12, 101
+    cfg = dataclasses.replace(_gpt(vocab, t, 5).cfg)
+    model = heads.FinetuneModel(cfg, (heads.TaskHead("pair", heads.SUM, 3),))
+    tokens = jax.random.randint(jax.random.key(2), (b, s, t), 0, vocab)
+    args = (tokens, jnp.ones((b, s, t), jnp.int32), jnp.full((b, s), t - 1), jnp.ones((b, s)), jnp.zeros((b, 1), int))
+    params = model.init(jax.random.key(0), *args)["params"]
+    _, hidden = model.apply({"params": params}, *args, with_lm=True)
+    got = finetune.lm_logprobs(model, params, hidden, tokens)
+    logits = jnp.einsum("bstd,vd->bstv", hidden, params["gpt"]["wte"].value)  # every logit at once
+    want = -optax.softmax_cross_entropy_with_integer_labels(logits[:, :, :-1], tokens[..., 1:])
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)

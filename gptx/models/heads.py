@@ -80,8 +80,9 @@ class FinetuneModel(nn.Module):
     """GPT body (params under `gpt`) plus one `ClassifierHead` per task (`head_<task>`).
 
     Inputs (per example b, sequence s): tokens/segment_ids [B, S, T], extract_pos/seq_mask [B, S], task [B, 1].
-    Returns logits [B, C] (C = the most outputs of any task; unused slots NEG) and, when `with_lm`, the LM
-    logits [B, S, T, V] of the same sequences (tied embedding, as in pretraining).
+    Returns logits [B, C] (C = the most outputs of any task; unused slots NEG) and, when `with_lm`, the final
+    hidden states [B, S, T, D] of the same sequences, from which the auxiliary LM loss takes its log-probabilities
+    through the tied embedding (params["gpt"]["wte"]) without materialising the vocabulary logits.
     """
 
     cfg: GPTConfig
@@ -109,11 +110,7 @@ class FinetuneModel(nn.Module):
             out = self._task_logits(spec, h, seq_mask, deterministic)[:, : self.n_out]
             out = jnp.pad(out, ((0, 0), (0, self.n_out - out.shape[1])), constant_values=NEG)
             logits = jnp.where(task == k, out, logits)
-        if not with_lm:
-            return logits, None
-        wte = nn.meta.unbox(gpt.variables["params"]["wte"])
-        lm_logits = jnp.einsum("bstd,vd->bstv", hidden, wte.astype(hidden.dtype)).astype(jnp.float32)
-        return logits, lm_logits
+        return logits, (hidden if with_lm else None)
 
     def _task_logits(self, spec: TaskHead, h, seq_mask, deterministic: bool) -> jax.Array:
         """[B, n_out] logits of one task from the extract states h [B, S, D]."""
@@ -157,3 +154,12 @@ class RewardModel(nn.Module):
             name="head",
         )
         return head(h, deterministic=deterministic)[..., 0]
+
+
+def fold_affine(params: dict, gain: jax.Array | float, bias: jax.Array | float) -> dict:
+    """RewardModel params whose output is gain · r + bias, r the output of `params`: the head's kernel scaled by
+    the gain, its bias mapped to gain · b + bias. PPO's value model starts from the reward model folded with the
+    reward's normalisation, so its first values are on the scale of the rewards it predicts (lm-human-preferences
+    keeps gain and bias inside the reward head, so a value head copied from it is normalised the same way)."""
+    head = params["head"]
+    return {**params, "head": {"kernel": head["kernel"] * gain, "bias": head["bias"] * gain + bias}}

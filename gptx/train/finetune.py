@@ -34,6 +34,7 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
+from flax import linen as nn
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
@@ -44,7 +45,7 @@ from gptx.data import finetune_tasks as ft
 from gptx.data import paths
 from gptx.data import tokenizer as tokenizer_lib
 from gptx.data.finetune_batches import Encoding, eval_dataset, train_dataset
-from gptx.models import GPTConfig, heads
+from gptx.models import GPTConfig, heads, vocab_tiling
 from gptx.train import checkpoints, integrity, logs, loop, pretrain
 from gptx.train import step as step_lib
 from gptx.train.state import TrainState, linear_schedule, make_optimizer
@@ -106,19 +107,33 @@ def loss(model: heads.FinetuneModel, aux_lm_coef: float) -> step_lib.Loss:
         return {"examples": jnp.sum(batch["weight"]), "tokens": jnp.sum(_lm_target_weights(batch))}
 
     def fn(params, batch, rng, norms):
-        logits, lm_logits = apply(model, params, batch, rng, with_lm=aux_lm_coef > 0)
+        logits, hidden = apply(model, params, batch, rng, with_lm=aux_lm_coef > 0)
         w, label = batch["weight"][:, 0], batch["label"][:, 0]
         n = jnp.maximum(norms["examples"], 1.0)
         clf = jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits, label) * w) / n
         metrics = {"clf_loss": clf, "accuracy": jnp.sum((jnp.argmax(logits, -1) == label) * w) / n}
-        if lm_logits is None:
+        if hidden is None:
             return clf, metrics
         tw = _lm_target_weights(batch)
-        ce = optax.softmax_cross_entropy_with_integer_labels(lm_logits[..., :-1, :], batch["tokens"][..., 1:])
-        metrics["lm_loss"] = jnp.sum(ce * tw) / jnp.maximum(norms["tokens"], 1.0)
+        metrics["lm_loss"] = -jnp.sum(lm_logprobs(model, params, hidden, batch["tokens"]) * tw) / jnp.maximum(
+            norms["tokens"], 1.0
+        )
         return clf + aux_lm_coef * metrics["lm_loss"], metrics
 
     return step_lib.Loss(fn=fn, norms=norms)
+
+
+def lm_logprobs(model: heads.FinetuneModel, params, hidden: jax.Array, tokens: jax.Array) -> jax.Array:
+    """log p(next token) [B, S, T-1] of the sequences' hidden states [B, S, T, D], vocab-tiled."""
+    b, s, t, d = hidden.shape
+    wte = nn.meta.unbox(params["gpt"]["wte"])
+    logp, _ = vocab_tiling.token_logprobs(
+        hidden[:, :, :-1].reshape(b * s, t - 1, d),  # [B·S, T-1, D]
+        wte,
+        tokens[..., 1:].reshape(b * s, t - 1),
+        chunk=model.cfg.logits_chunk,
+    )
+    return logp.reshape(b, s, t - 1)
 
 
 def _lm_target_weights(batch) -> jax.Array:

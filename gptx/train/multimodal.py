@@ -24,6 +24,7 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
+from flax import linen as nn
 from jax.sharding import Mesh
 
 from gptx import config as config_lib
@@ -31,6 +32,7 @@ from gptx import flops as flops_lib
 from gptx import mesh as mesh_lib
 from gptx.data import image_text
 from gptx.data import tokenizer as tokenizer_lib
+from gptx.models import vocab_tiling
 from gptx.models.gpt import GPT, GPTConfig
 from gptx.models.multimodal import PARTS, MultimodalGPT, Projector, text_target_weights
 from gptx.models.vision import ViT, ViTConfig
@@ -85,7 +87,7 @@ def loss_sum(params: Any, batch: step_lib.Batch, rng: jax.Array | None, model: M
     batch: `inputs`, `targets`, `positions`, `segment_ids` [B, T] int32, `weights` [B, T] float32 and token-aligned
     `patches` [B, T, P]. rng None: dropout off.
     """
-    logits = model(
+    hidden = model(
         params,
         batch["inputs"],
         batch["patches"],
@@ -93,10 +95,12 @@ def loss_sum(params: Any, batch: step_lib.Batch, rng: jax.Array | None, model: M
         batch["segment_ids"],
         deterministic=rng is None,
         rng=rng,
-    )  # [B, T, V]
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
+        return_hidden=True,
+    )  # [B, T, D]
+    wte = nn.meta.unbox(params["decoder"]["wte"])
+    logp, _ = vocab_tiling.token_logprobs(hidden, wte, batch["targets"], chunk=model.decoder.cfg.logits_chunk)
     w = text_target_weights(batch["targets"], batch["weights"], model.image_token_id)
-    return jnp.sum(ce * w), jnp.sum(w)
+    return -jnp.sum(logp * w), jnp.sum(w)
 
 
 def loss(model: MultimodalGPT) -> step_lib.Loss:
