@@ -18,11 +18,14 @@ config files: configs/demo.py (tiny, CPU), configs/gpt1.py, configs/gpt2.py:124m
 keys that matter: config.data.corpus, config.train.steps, config.train.batch_size, config.train.lr, config.mesh.*""",
     ),
     "tokenizer": (
-        "train a SentencePiece BPE tokenizer on the corpus into WORKDIR/tokenizer.model",
-        """usage: python -m gptx.main tokenizer --config=configs/NAME.py --workdir=DIR
+        "train a tokenizer: SentencePiece (WORKDIR/tokenizer.model) or byte-level BPE (kind=bpe, tokenizer.json)",
+        """usage: python -m gptx.main tokenizer --config=configs/NAME.py --workdir=DIR [--config.tokenizer.kind=bpe]
 
 config files: configs/demo.py, configs/english.py, or any train config
-keys that matter: config.data.corpus, config.tokenizer.vocab_size""",
+keys that matter: config.data.corpus, config.tokenizer.kind (sentencepiece | bpe), config.tokenizer.vocab_size
+SentencePiece BPE (the default) is written to WORKDIR/tokenizer.model; GPT-2/3's byte-level BPE
+(--config.tokenizer.kind=bpe) to WORKDIR/tokenizer.json + tokenizer_config.json, which
+transformers.AutoTokenizer.from_pretrained(WORKDIR) also reads""",
     ),
     "demo": (
         "the whole GPT series in miniature on the bundled corpus, ending in WORKDIR/report.md",

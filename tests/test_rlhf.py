@@ -10,7 +10,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import SHARED_DATA
-from flax import linen as nn
 
 from gptx.data import sp_tokenizer
 from gptx.models import GPT, GPTConfig
@@ -84,17 +83,6 @@ def test_split_by_prompt_is_seeded_and_never_shares_a_prompt():
     assert data.split_by_prompt(items, 0.2, seed=4)[1] != test
 
 
-class LogitShift(nn.Module):
-    """The GPT plus a free additive term on its logits, to take gradients with respect to every logit."""
-
-    shape: tuple
-
-    @nn.compact
-    def __call__(self, tokens, positions=None, segment_ids=None, deterministic=True):
-        delta = self.param("delta", nn.initializers.zeros, self.shape)
-        return GPT(CFG, name="gpt")(tokens, positions, segment_ids) + delta
-
-
 def test_sft_loss_is_the_response_tokens_negative_log_likelihood_only():
     tok = WordTokenizer()
     demo = data.Demonstration("w10 w11 w12 w13", "w20 w21 w22")
@@ -103,23 +91,24 @@ def test_sft_loss_is_the_response_tokens_negative_log_likelihood_only():
     np.testing.assert_array_equal(ex["targets"][:8], [10, 11, 12, 13, 20, 21, 22, 2])
     np.testing.assert_array_equal(ex["weights"], [0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0])
     batch = {k: jnp.asarray(v)[None] for k, v in ex.items()}
-    model = LogitShift((1, 12, CFG.vocab_size))
-    params = {**common.random_params(model, batch["inputs"]), "delta": jnp.zeros((1, 12, CFG.vocab_size))}
-
-    def loss(p):
-        total, w = lm.lm_loss_sum(p, batch, None, model)
-        return total / w
+    model = GPT(CFG)
+    params = common.random_params(model, batch["inputs"])
+    loss = jax.jit(lambda p, b: (lambda total, w: total / w)(*lm.lm_loss_sum(p, b, None, model)))
 
     # Brute force: -mean log p(y_t | prompt, y_<t) over the response tokens of the unpadded sequence.
     seq = [1, 10, 11, 12, 13, 20, 21, 22, 2]
-    logp = jax.nn.log_softmax(jax.jit(GPT(CFG).apply)({"params": params["gpt"]}, jnp.asarray([seq]))[0])
+    logp = jax.nn.log_softmax(jax.jit(model.apply)({"params": params}, jnp.asarray([seq]))[0])
     nll = [-float(logp[t - 1, seq[t]]) for t in range(5, len(seq))]
-    value, grads = jax.jit(jax.value_and_grad(loss))(params)
+    value = loss(params, batch)
     np.testing.assert_allclose(value, np.mean(nll), rtol=1e-5)
-    g = grads["delta"][0]  # [T, V]
-    assert float(jnp.abs(g[:4]).max()) == 0.0  # logits predicting prompt tokens get no gradient
-    assert float(jnp.abs(g[8:]).max()) == 0.0  # nor does padding
-    assert bool(jnp.all(jnp.abs(g[4:8]).max(axis=-1) > 0))
+
+    def with_target(t: int) -> dict:  # the batch with another token as target t
+        return {**batch, "targets": batch["targets"].at[0, t].set((int(batch["targets"][0, t]) + 7) % CFG.vocab_size)}
+
+    for t in [*range(4), *range(8, 12)]:  # targets of prompt tokens and padding do not enter the loss
+        assert float(loss(params, with_target(t))) == float(value), t
+    for t in range(4, 8):  # every response target does
+        assert abs(float(loss(params, with_target(t))) - float(value)) > 1e-6, t
 
 
 def _rm_batch(comps, tok, k, seq_len=12):
@@ -230,3 +219,38 @@ def test_rm_gradient_accumulation_equals_one_double_batch():
     total, n, _ = reward.pairwise_loss(reward.comparison_scores(model, params, batch), batch)
     np.testing.assert_allclose(one[1]["loss"], total / n, rtol=1e-6)
     assert float(n) == 3.0
+
+
+def test_rm_refuses_random_init_unless_asked_and_ppo_checks_stay_with_ppo(tmp_path):
+    from conftest import tiny_config
+
+    from gptx.config import ConfigError
+
+    c = tiny_config()
+    c.rlhf.update(rollout_batch=8, minibatch=16, max_prompt_len=16, max_response_len=16)  # minibatch: PPO only
+    with pytest.raises(ConfigError, match="allow_random_init=True"):
+        reward.run(c, str(tmp_path / "rm"))
+    data.validate(c, "rm")
+    data.validate(c, "sft")
+    with pytest.raises(ConfigError, match="rollout_batch=8 is not divisible"):
+        data.validate(c, "ppo")
+    c.rlhf.allow_random_init = True
+    reward.require_init(c)  # asked for: no error
+
+
+def test_wilson_interval_matches_its_closed_form_and_covers_chance_when_it_should():
+    low, high = reward.wilson_interval(60, 100)
+    z = 1.959964  # Wilson (1927): (p + z²/2n ± z sqrt(p(1-p)/n + z²/4n²)) / (1 + z²/n)
+    p, n = 0.6, 100
+    centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    np.testing.assert_allclose([low, high], [centre - half / (1 + z * z / n), centre + half / (1 + z * z / n)])
+    np.testing.assert_allclose([low, high], [0.502, 0.691], atol=1e-3)  # tabulated for 60/100
+    assert reward.wilson_interval(0, 10)[0] == 0.0 and reward.wilson_interval(10, 10)[1] == pytest.approx(1.0)
+
+
+def test_instructgpt_normalisation_moves_only_the_bias():
+    raw = np.random.default_rng(1).normal(-2.0, 5.0, size=300)
+    norm = reward.normalisation(raw, scale=False)
+    z = norm["gain"] * raw + norm["bias"]
+    assert norm["gain"] == 1.0 and abs(z.mean()) < 1e-9
+    np.testing.assert_allclose(z.std(), raw.std())  # the RM's own scale is kept

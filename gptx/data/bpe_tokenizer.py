@@ -7,7 +7,10 @@ directory's `tokenizer_config.json` / `special_tokens_map.json` when present, el
 BOS (gptx writes true for the tokenizers it trains; GPT-2 has none and its models never saw one).
 
 Byte-level BPE maps every byte to a symbol before merging, so any text encodes without unknown tokens and
-decoding a whole sequence restores its bytes exactly.
+decoding a whole sequence restores its bytes exactly. Text is always text: "<|endoftext|>" written inside a
+document encodes as ordinary pieces ("<|", "endoftext", "|>"), as OpenAI's original encoder did, never as the
+special id (transformers' GPT2TokenizerFast matches it by default; `split_special_tokens=True` gives gptx's ids).
+Only the code that frames documents, prompts, tasks and images puts special ids into a sequence.
 """
 
 from __future__ import annotations
@@ -17,14 +20,16 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 
 import tokenizers
-from tokenizers import decoders, models, pre_tokenizers, trainers
+from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
 from gptx.data.tokenizer_base import Tokenizer, target, write_atomically
 from gptx.errors import DataError
 
 FILENAME = "tokenizer.json"
 CONFIG = "tokenizer_config.json"
+OPENAI_FILES = ("vocab.json", "merges.txt")
 ENDOFTEXT = "<|endoftext|>"
+MIN_VOCAB = 257  # the 256 byte symbols and <|endoftext|>
 _BOS_NAMES = (ENDOFTEXT, "<s>", "<bos>", "<|begin_of_text|>")
 _EOS_NAMES = (ENDOFTEXT, "</s>", "<eos>", "<|end_of_text|>")
 _PAD_NAMES = ("<pad>", "<|pad|>", "[PAD]")
@@ -37,6 +42,8 @@ class BPETokenizer(Tokenizer):
 
     def __init__(self, tk: tokenizers.Tokenizer, special: dict | None = None, where: str = "tokenizer"):
         self.tk = tk
+        self.where = where
+        _split_special_tokens(tk)
         special = dict(special or {})
         self.add_bos = bool(special.get("add_bos_token", False))
         eos = _token_id(tk, special.get("eos_token"), _EOS_NAMES)
@@ -47,30 +54,49 @@ class BPETokenizer(Tokenizer):
         self.eos_id, self.bos_id = eos, eos if bos is None else bos
         self.pad_id = eos if pad is None else pad
         self.has_pad = pad is not None
+        # Ids may have holes in a hand-made tokenizer.json: the id space ends after the largest id, so that
+        # task and image tokens (vocab_size, vocab_size + 1, ...) never collide with a piece.
+        ids = tk.get_vocab(with_added_tokens=True).values()
+        self._vocab_size = max(tk.get_vocab_size(with_added_tokens=True), max(ids, default=-1) + 1)
+
+    def __setstate__(self, state: dict) -> None:
+        # Pickling (grain's worker processes) keeps tokenizer.json's contents, not the runtime switch.
+        self.__dict__.update(state)
+        _split_special_tokens(self.tk)
+
+    def __repr__(self) -> str:
+        pad = self.pad_id if self.has_pad else f"{self.pad_id} (eos)"
+        return (
+            f"BPETokenizer({self.where}: {self.vocab_size} tokens, bos={self.bos_id}, eos={self.eos_id}, "
+            f"pad={pad}, add_bos={self.add_bos})"
+        )
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> BPETokenizer:
-        """A `tokenizer.json` file, or a directory holding one or `vocab.json` + `merges.txt`."""
+        """A `tokenizer.json` file, or a directory holding one or `vocab.json` + `merges.txt` (either of which
+        may be named instead of the directory)."""
         path = os.fspath(path)
+        if os.path.basename(path) in OPENAI_FILES:
+            path = os.path.dirname(path) or "."
         directory = path if os.path.isdir(path) else os.path.dirname(path)
         special = read_special_tokens(directory)
         if os.path.isdir(path):
             if os.path.exists(os.path.join(path, FILENAME)):
                 path = os.path.join(path, FILENAME)
-            elif all(os.path.exists(os.path.join(path, f)) for f in ("vocab.json", "merges.txt")):
-                tk = gpt2_style(os.path.join(path, "vocab.json"), os.path.join(path, "merges.txt"))
-                return cls(tk, special, where=path)
             else:
-                raise FileNotFoundError(f"{path} holds no tokenizer.json and no vocab.json + merges.txt")
+                vocab, merges = (os.path.join(path, f) for f in OPENAI_FILES)
+                return cls(gpt2_style(vocab, merges), special, where=path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"tokenizer file {path} not found")
         try:
             tk = tokenizers.Tokenizer.from_file(path)
         except Exception as e:  # the Rust library raises a bare Exception for a malformed file
-            raise DataError(f"{path} is not a readable tokenizer.json: {str(e).splitlines()[0]}") from None
+            raise DataError(f"{path} is not a readable tokenizer.json: {_first_line(e)}") from None
         return cls(tk, special, where=path)
 
     def save(self, path: str | os.PathLike) -> str:
         """tokenizer.json + tokenizer_config.json beside it: what `transformers.AutoTokenizer.from_pretrained`
-        reads from a directory."""
+        reads from a directory (it then gives gptx's ids, BOS included where `add_bos`)."""
         path = target(path, FILENAME)
         write_atomically(path, self.tk.to_str().encode())
         write_atomically(os.path.join(os.path.dirname(path), CONFIG), json.dumps(self.hf_config(), indent=2).encode())
@@ -85,6 +111,8 @@ class BPETokenizer(Tokenizer):
             "eos_token": piece(self.eos_id),
             "add_bos_token": self.add_bos,
             "add_eos_token": False,
+            # transformers then encodes "<|endoftext|>" in text as text, as gptx does.
+            "split_special_tokens": True,
             "clean_up_tokenization_spaces": False,
         }
         if self.has_pad:
@@ -93,28 +121,47 @@ class BPETokenizer(Tokenizer):
 
     @property
     def vocab_size(self) -> int:
-        return self.tk.get_vocab_size(with_added_tokens=True)
+        return self._vocab_size
 
     def encode(self, text: str) -> list[int]:
         return self.tk.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return [e.ids for e in self.tk.encode_batch(list(texts), add_special_tokens=False)]
+        # The Rust side encodes the batch on all cores; "fast" skips the character offsets nobody reads here.
+        return [e.ids for e in self.tk.encode_batch_fast(list(texts), add_special_tokens=False)]
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self.tk.decode([int(i) for i in ids], skip_special_tokens=True)
+        n, special = self._vocab_size, self.special_ids()
+        keep = [i for i in map(int, ids) if 0 <= i < n and i not in special]
+        return self.tk.decode(keep, skip_special_tokens=True)
 
     def id_to_piece(self, i: int) -> str:
         return self.tk.id_to_token(int(i)) or ""
 
 
+def _split_special_tokens(tk: tokenizers.Tokenizer) -> None:
+    """Makes `tk` encode special-token strings found in text as ordinary text (see the module docstring)."""
+    tk.encode_special_tokens = True
+
+
+def _first_line(e: Exception) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
 def gpt2_style(vocab_path: str, merges_path: str) -> tokenizers.Tokenizer:
     """OpenAI's vocab.json + merges.txt as transformers' GPT2TokenizerFast builds them: byte-level pre-tokenizer
     (GPT-2's regex, no prefix space), BPE without dropout, byte-level decoder, <|endoftext|> a special token."""
+    missing = [p for p in (vocab_path, merges_path) if not os.path.isfile(p)]
+    if missing:
+        raise FileNotFoundError(
+            f"{missing[0]} not found: a GPT-2-style tokenizer needs {' + '.join(OPENAI_FILES)} (or a {FILENAME}) "
+            f"in {os.path.dirname(missing[0]) or '.'}"
+        )
     try:
         tk = tokenizers.Tokenizer(models.BPE.from_file(vocab_path, merges_path))
     except Exception as e:
-        raise DataError(f"{vocab_path} + {merges_path} are not a BPE vocabulary: {str(e).splitlines()[0]}") from None
+        raise DataError(f"{vocab_path} + {merges_path} are not a BPE vocabulary: {_first_line(e)}") from None
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
     if tk.token_to_id(ENDOFTEXT) is not None:
@@ -128,13 +175,16 @@ def read_special_tokens(directory: str) -> dict:
     out: dict = {}
     for name in ("special_tokens_map.json", CONFIG):
         path = os.path.join(directory, name)
-        if os.path.exists(path):
-            try:
-                with open(path) as f:
-                    data = json.load(f)
-            except (OSError, json.JSONDecodeError) as e:
-                raise DataError(f"{path} is not valid JSON: {e}") from None
-            out.update({k: v for k, v in data.items() if v is not None})
+        if not os.path.exists(path):
+            continue
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise DataError(f"{path} is not valid JSON: {e}") from None
+        if not isinstance(data, dict):
+            raise DataError(f"{path} is not a JSON object of tokenizer settings (it holds a {type(data).__name__})")
+        out.update({k: v for k, v in data.items() if v is not None})
     return out
 
 
@@ -143,23 +193,32 @@ def _token_id(tk: tokenizers.Tokenizer, token, fallbacks: Sequence[str]) -> int 
     the vocabulary has."""
     if isinstance(token, dict):
         token = token.get("content")
-    for name in ([token] if token else []) + list(fallbacks):
+    for name in ([token] if isinstance(token, str) and token else []) + list(fallbacks):
         if (i := tk.token_to_id(name)) is not None:
             return i
     return None
 
 
 def train(texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> BPETokenizer:
-    """Trains a GPT-2-style byte-level BPE of `vocab_size` tokens (256 bytes, merges, <|endoftext|> as id 0) on
-    `texts`. Documents start with BOS in gptx's packing, so the result has add_bos_token set."""
-    if vocab_size < 257:
-        raise DataError(f"a byte-level BPE needs at least 257 tokens (256 bytes + <|endoftext|>), not {vocab_size}")
-    seen = {"docs": 0}
+    """Trains a GPT-2-style byte-level BPE of `vocab_size` tokens (<|endoftext|> as id 0, the 256 bytes, merges
+    of pairs seen at least `min_frequency` times) on `texts`. Documents start with BOS in gptx's packing, so the
+    result has add_bos_token set (and its tokenizer.json adds BOS for transformers' callers too).
+
+    Too small a `vocab_size`, no text, or too little text for `vocab_size` tokens (the merges run out) is a
+    DataError naming the corpus when `texts` knows it (`gptx.data.sources.Documents`).
+    """
+    if vocab_size < MIN_VOCAB:
+        raise DataError(
+            f"a byte-level BPE needs at least {MIN_VOCAB} tokens (256 bytes + {ENDOFTEXT}), not {vocab_size}: "
+            f"set --config.tokenizer.vocab_size={MIN_VOCAB} or more"
+        )
+    seen = {"docs": 0, "chars": 0}
 
     def docs() -> Iterator[str]:
         for text in texts:
             if text:
                 seen["docs"] += 1
+                seen["chars"] += len(text)
                 yield text
 
     tk = tokenizers.Tokenizer(models.BPE())
@@ -173,9 +232,19 @@ def train(texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> BPET
         show_progress=False,
     )
     tk.train_from_iterator(docs(), trainer=trainer)
+    source = getattr(texts, "source", "")
+    where = f" of {source}" if source else ""
     if not seen["docs"]:
-        source = getattr(texts, "source", "")
+        raise DataError(f"no text to train the tokenizer on: the training documents{where} are empty")
+    got = tk.get_vocab_size(with_added_tokens=True)
+    if got < vocab_size:
         raise DataError(
-            f"no text to train the tokenizer on: the training documents{' of ' + source if source else ''} are empty"
+            f"too little text to train a {vocab_size}-token byte-level BPE: the training documents{where} "
+            f"({seen['docs']:,} documents, {seen['chars']:,} characters) have pairs seen {min_frequency}+ times "
+            f"for only {got} tokens; use more text or set --config.tokenizer.vocab_size={got} (or less)"
         )
+    eot = tk.token_to_id(ENDOFTEXT)
+    tk.post_processor = processors.TemplateProcessing(
+        single=f"{ENDOFTEXT} $A", pair=f"{ENDOFTEXT} $A $B:1", special_tokens=[(ENDOFTEXT, eot)]
+    )
     return BPETokenizer(tk, {"add_bos_token": True}, where="trained BPE")

@@ -28,19 +28,43 @@ class SentencePieceTokenizer(Tokenizer):
     kind = "sentencepiece"
     add_bos = True
 
-    def __init__(self, model_proto: bytes):
+    def __init__(self, model_proto: bytes, where: str = "tokenizer model"):
         self.model_proto = model_proto
-        self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
+        self.where = where
+        try:
+            self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
+        except RuntimeError:  # SentencePiece's parse error is a multi-line internal message
+            raise DataError(
+                f"{where} is not a SentencePiece model (its {len(model_proto):,} bytes do not parse as one)"
+            ) from None
         self.newline_id = self.sp.piece_to_id(NEWLINE)
         if self.newline_id == self.sp.unk_id():
-            raise DataError("tokenizer model has no newline piece; train it with `gptx tokenizer`")
+            raise DataError(f"{where} has no newline piece: train it with `python -m gptx.main tokenizer`")
         self.bos_id, self.eos_id = self.sp.bos_id(), self.sp.eos_id()
         self.pad_id = self.sp.pad_id() if self.sp.pad_id() >= 0 else self.eos_id
 
+    def __getstate__(self) -> dict:
+        # The processor is rebuilt from the model bytes (grain's worker processes receive a pickled copy).
+        return {"model_proto": self.model_proto, "where": self.where}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["model_proto"], state.get("where", "tokenizer model"))
+
+    def __repr__(self) -> str:
+        ids = f"bos={self.bos_id}, eos={self.eos_id}, pad={self.pad_id}"
+        return f"SentencePieceTokenizer({self.where}: {self.vocab_size} pieces, {ids})"
+
     @classmethod
     def load(cls, path: str | os.PathLike) -> SentencePieceTokenizer:
-        with open(path, "rb") as f:
-            return cls(f.read())
+        path = os.fspath(path)
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            raise FileNotFoundError(f"tokenizer file {path} not found") from None
+        except OSError as e:
+            raise DataError(f"{path}: cannot read it ({e.strerror or e})") from None
+        return cls(data, where=path)
 
     def save(self, path: str | os.PathLike) -> str:
         path = target(path, FILENAME)
@@ -52,21 +76,30 @@ class SentencePieceTokenizer(Tokenizer):
         return self.sp.get_piece_size()
 
     def encode(self, text: str) -> list[int]:
-        ids: list[int] = []
-        for i, line in enumerate(text.split(NEWLINE)):
-            if i:
-                ids.append(self.newline_id)
-            ids.extend(self.sp.encode(line))
+        # Line by line: a list call would start SentencePiece's thread pool for a single text.
+        lines = text.split(NEWLINE)
+        return self._join(len(lines), map(self.sp.encode, lines))
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        # One call for the lines of all texts: SentencePiece encodes a list on all cores.
+        encoded = iter(self.sp.encode([line for text in texts for line in text.split(NEWLINE)]))
+        return [self._join(text.count(NEWLINE) + 1, encoded) for text in texts]
+
+    def _join(self, n_lines: int, encoded: Iterator[list[int]]) -> list[int]:
+        """The next `n_lines` encoded lines as one sequence, a newline id between lines."""
+        ids: list[int] = list(next(encoded))
+        for _ in range(n_lines - 1):
+            ids.append(self.newline_id)
+            ids.extend(next(encoded))
         return ids
 
     def decode(self, ids: Sequence[int]) -> str:
         lines: list[list[int]] = [[]]
-        special = self.special_ids()
-        for i in ids:
-            i = int(i)
+        n, special = self.vocab_size, self.special_ids()
+        for i in map(int, ids):
             if i == self.newline_id:
                 lines.append([])
-            elif i not in special:
+            elif 0 <= i < n and i not in special:
                 lines[-1].append(i)
         return NEWLINE.join(self.sp.decode(line) for line in lines)
 
@@ -118,16 +151,26 @@ def train(
             minloglevel=2,
         )
     except RuntimeError as e:
-        source = getattr(texts, "source", "")
-        where = f" of {source}" if source else ""
-        if not seen["lines"]:
-            raise DataError(f"no text to train the tokenizer on: the training documents{where} are empty") from None
-        most = re.search(r"value <= (\d+)", str(e))
-        if most:
-            raise DataError(
-                f"too little text to train a {vocab_size}-piece tokenizer: the training documents{where} "
-                f"({seen['lines']:,} lines, {seen['chars']:,} characters) support at most {most.group(1)} pieces; "
-                f"use more text or set --config.tokenizer.vocab_size={most.group(1)} (or less)"
-            ) from None
-        raise
-    return SentencePieceTokenizer(proto.getvalue())
+        raise _train_error(e, texts, vocab_size, seen) from None
+    return SentencePieceTokenizer(proto.getvalue(), where="trained SentencePiece model")
+
+
+def _train_error(e: RuntimeError, texts: Iterable[str], vocab_size: int, seen: dict) -> Exception:
+    """SentencePiece's internal training error as a DataError that says what to change; others unchanged."""
+    source = getattr(texts, "source", "")
+    where = f" of {source}" if source else ""
+    if not seen["lines"]:
+        return DataError(f"no text to train the tokenizer on: the training documents{where} are empty")
+    if most := re.search(r"value <= (\d+)", str(e)):
+        return DataError(
+            f"too little text to train a {vocab_size}-piece tokenizer: the training documents{where} "
+            f"({seen['lines']:,} lines, {seen['chars']:,} characters) support at most {most.group(1)} pieces; "
+            f"use more text or set --config.tokenizer.vocab_size={most.group(1)} (or less)"
+        )
+    if least := re.search(r"smaller than required_chars\. \d+ vs (\d+)", str(e)):
+        return DataError(
+            f"a {vocab_size}-piece tokenizer cannot hold the {least.group(1)} characters, bytes and special pieces "
+            f"that the training documents{where} need: set --config.tokenizer.vocab_size={least.group(1)} or more "
+            "(or lower --config.tokenizer.character_coverage)"
+        )
+    return e

@@ -15,7 +15,6 @@ from gptx.data import bpe_tokenizer, sp_tokenizer
 from gptx.data.bpe_tokenizer import BPETokenizer
 from gptx.data.sp_tokenizer import SentencePieceTokenizer
 from gptx.data.tokenizer_base import Tokenizer
-from gptx.errors import DataError
 
 __all__ = ["KINDS", "BPETokenizer", "SentencePieceTokenizer", "Tokenizer", "find", "load", "train", "train_from_config"]
 
@@ -28,30 +27,32 @@ def find(directory: str) -> str | None:
     for name in FILES:
         if os.path.exists(os.path.join(directory, name)):
             return os.path.join(directory, name)
-    if all(os.path.exists(os.path.join(directory, f)) for f in ("vocab.json", "merges.txt")):
+    if all(os.path.exists(os.path.join(directory, f)) for f in bpe_tokenizer.OPENAI_FILES):
         return directory
     return None
 
 
 def load(path: str | os.PathLike) -> Tokenizer:
-    """A `.model` (SentencePiece), a `tokenizer.json`, or a directory holding either or vocab.json + merges.txt."""
+    """A `.model` (SentencePiece), a `tokenizer.json`, or a directory holding either or vocab.json + merges.txt.
+
+    A missing or malformed file is one line naming it: FileNotFoundError, or DataError for a file that is there
+    but is not a tokenizer (or whose tokenizer_config.json is not a JSON object).
+    """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(
-            f"tokenizer {path} not found: train one with `python -m gptx.main tokenizer`, or name a tokenizer.model, tokenizer.json "
-            "or a directory with vocab.json + merges.txt in --config.data.tokenizer"
+            f"tokenizer {path} not found: train one with `python -m gptx.main tokenizer`, or name a tokenizer.model, "
+            "tokenizer.json or a directory with vocab.json + merges.txt in --config.data.tokenizer"
         )
     if os.path.isdir(path):
         found = find(path)
-        if found is None:
+        half = any(os.path.exists(os.path.join(path, f)) for f in bpe_tokenizer.OPENAI_FILES)
+        if found is None and not half:  # (with half of OpenAI's pair, BPETokenizer names the missing file)
             raise FileNotFoundError(f"{path} holds no tokenizer.model, tokenizer.json or vocab.json + merges.txt")
-        path = found
-    if os.path.isdir(path) or path.endswith(".json"):
+        path = found or path
+    if os.path.isdir(path) or path.endswith(".json") or os.path.basename(path) in bpe_tokenizer.OPENAI_FILES:
         return BPETokenizer.load(path)
-    try:
-        return SentencePieceTokenizer.load(path)
-    except RuntimeError as e:  # SentencePiece's parse error
-        raise DataError(f"{path} is not a SentencePiece model ({str(e).splitlines()[0]})") from None
+    return SentencePieceTokenizer.load(path)
 
 
 def train(
@@ -64,7 +65,10 @@ def train(
     byte_fallback: bool = True,
 ) -> Tokenizer:
     """Trains a `kind` tokenizer of `vocab_size` tokens on `texts` (model_type, character_coverage and
-    byte_fallback are SentencePiece's options). Returns it; `.save(directory)` keeps it."""
+    byte_fallback are SentencePiece's options). Returns it; `.save(directory)` keeps it.
+
+    Too small a vocabulary, no text or too little text for `vocab_size` tokens is a DataError that names the
+    corpus (when `texts` is a `gptx.data.sources.Documents`) and the config value to change."""
     if kind == "bpe":
         return bpe_tokenizer.train(texts, vocab_size)
     if kind != "sentencepiece":

@@ -13,6 +13,11 @@ from gptx.demo.report import Report
 from gptx.train import pretrain
 
 KIND_NAMES = {"sentencepiece": lambda t: f"SentencePiece {t.model_type.upper()}", "bpe": lambda t: "Byte-level BPE"}
+# How each kind writes a piece: what a reader of the report needs to read the example pieces.
+PIECE_NOTES = {
+    "sentencepiece": "▁ marks a word start, <0x..> a byte",
+    "bpe": "GPT-2's byte-to-character map: Ġ is a space, Ċ a newline",
+}
 
 
 def demo_config(cfg: ml_collections.ConfigDict, workdir: str, train: bool = False) -> ml_collections.ConfigDict:
@@ -31,14 +36,16 @@ def stage(cfg: ml_collections.ConfigDict, workdir: str, report: Report) -> None:
     tok = pretrain.train_tokenizer(cfg, workdir)
     docs = sources.read_documents(cfg.data.corpus, cfg.data.doc_separator)
     train_docs, _ = loader.split_train_val(docs, cfg.data.val_fraction)
-    n_tokens = sum(len(tok.encode(d)) for d in train_docs)
+    n_tokens = sum(map(len, tok.encode_batch(train_docs)))
     n_chars = sum(len(d) for d in train_docs)
     example = train_docs[1]
     pieces = [tok.id_to_piece(i) for i in tok.encode(example)[:24]]
+    note = PIECE_NOTES.get(tok.kind, "")
     report.section(
         "tokenizer",
         f"## 1. Tokenizer\n\n{KIND_NAMES[tok.kind](cfg.tokenizer)} with {tok.vocab_size} tokens, "
         f"trained in {time.perf_counter() - t0:.1f} s on {len(train_docs)} documents ({n_chars:,} characters).\n"
         f"Training split: {n_tokens:,} tokens, {n_chars / n_tokens:.2f} characters per token.\n\n"
-        f"First pieces of a document: `{' '.join(repr(p)[1:-1] for p in pieces)}`\n",
+        f"First pieces of a document: `{' '.join(repr(p)[1:-1] for p in pieces)}`"
+        f"{f' ({note})' if note else ''}\n",
     )
