@@ -327,6 +327,14 @@ def default() -> ml_collections.ConfigDict:
     # rolling texts, as lm-evaluation-harness), or "bos", "eos", "none" (see gptx.eval.requests.ContextPrefix).
     c.eval.context_prefix = "auto"
     c.eval.output = ""  # results JSON; "" = WORKDIR/eval_results.json
+    # Code tasks (kind "code"): samples per problem and how they are drawn (0 / -1: each task's own), and the
+    # sandbox each program runs in (gptx/eval/sandbox.py).
+    c.eval.samples = 0  # n completions per problem; pass@k is reported for the task's k <= n
+    c.eval.temperature = -1.0  # sampling temperature; < 0 = the task's (0 = greedy)
+    c.eval.top_p = 0.0  # nucleus; 0 = the task's
+    c.eval.sandbox_timeout = 10.0  # wall-clock seconds per program
+    c.eval.sandbox_memory_mb = 1024  # address space per program
+    c.eval.sandbox_workers = 0  # programs run at once; 0 = one per CPU core
     return c
 
 

@@ -53,8 +53,17 @@ def test_eval_command_prints_a_table_and_writes_json_per_task_and_shot(tmp_path)
     assert list(ppl) == ["0"] and ppl["0"]["bits_per_byte"] > 0  # perplexity tasks run zero-shot only
     assert list(results["tasks"]["shakespeare_lastword"]["malformed"].values()) == [0]
     header = next(line for line in out.stdout.splitlines() if line.startswith("task"))
-    assert header.split() == ["task", "shots", "metric", "value", "stderr", "n"]
+    assert header.split() == ["task", "shots", "used", "metric", "value", "stderr", "n"]
     assert f"results -> {tmp_path}/eval_results.json" in out.stdout
+    # What the numbers were measured on, and a record per doc and shot count beside the summary.
+    run = results["run"]
+    assert run["checkpoint_step"] is not None and run["gptx_version"] and results["config"]["eval"]["limit"] == 6
+    assert run["tokenizer"]["path"] == str(tmp_path / "tokenizer.model") and run["tokenizer"]["kind"]
+    rows = [json.loads(line) for line in (tmp_path / "eval_results.examples.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 * 2 + 6  # shakespeare_lastword at 0 and 2 shots, tinyshakespeare at 0
+    pick = [r for r in rows if r["task"] == "shakespeare_lastword" and r["shots"] == 2]
+    assert all(len(r["choices"]) == len(r["loglikelihoods"]) == 4 and r["shots_used"] == 2 for r in pick)
+    assert np.mean([r["metrics"]["acc"] for r in pick]) == pytest.approx(lastword["2"]["acc"])
 
 
 @pytest.mark.parametrize(
@@ -64,7 +73,7 @@ def test_eval_command_prints_a_table_and_writes_json_per_task_and_shot(tmp_path)
         ("shots", "-1", "shot counts >= 0"),
         ("batch_size", 0, "config.eval.batch_size=0 must be positive"),
         ("rolling_stride", 4096, "exceeds the context"),
-        ("tasks", "lambada,nope", r"config.eval.tasks: unknown task\(s\) \['nope'\]"),
+        ("tasks", "lambada,nope", r"config.eval.tasks: unknown eval task 'nope'"),
         ("context_prefix", "bos_always", "config.eval.context_prefix='bos_always' must be one of auto, bos, eos, none"),
     ],
 )

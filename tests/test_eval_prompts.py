@@ -187,6 +187,6 @@ def test_format_table_lists_each_metric_with_its_stderr():
     eight = {"acc": 0.75, "acc_stderr": 0.05, "n": 10, "mean_shots": 6.5}  # 6.5 demonstrations fitted on average
     table = harness.format_table({"sst2": {0: zero, 8: eight}})
     lines = table.splitlines()
-    assert lines[0].split() == ["task", "shots", "metric", "value", "stderr", "n"]
-    assert lines[2].split() == ["sst2", "0", "acc", "0.5000", "0.1000", "10"]
-    assert lines[3].split() == ["sst2", "8", "(6.5)", "acc", "0.7500", "0.0500", "10"]
+    assert lines[0].split() == ["task", "shots", "used", "metric", "value", "stderr", "n"]
+    assert lines[2].split() == ["sst2", "0", "0", "acc", "0.5000", "0.1000", "10"]
+    assert lines[3].split() == ["sst2", "8", "6.50", "acc", "0.7500", "0.0500", "10"]  # a named column

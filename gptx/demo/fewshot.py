@@ -1,8 +1,9 @@
 """The demo's `fewshot` stage: the GPT-3 figure "accuracy vs number of demonstrations" for the demo model.
 
 The task is built from the demo corpus itself (`shakespeare_lastword` in gptx/eval/tasks.py): pick the last
-word of a held-out speech's first line among four, the other three being last words of training lines
-(chance 25%). Demonstrations are other held-out lines with their last word, joined by newlines as verse is.
+word of a held-out speech's first line among four, the other three being last words of training lines of about
+the answer's frequency (chance 25%, and a context-free frequency baseline about the same, reported beside it).
+Demonstrations are other held-out lines with their last word, joined by newlines as verse is.
 The model's context (128 tokens) bounds K: demonstrations that do not fit are dropped, and the plot's x axis
 is the number actually used.
 """
@@ -43,7 +44,13 @@ def stage(cfg: ml_collections.ConfigDict, workdir: str, report: report_lib.Repor
     Writes WORKDIR/fewshot.json, the plot and the report section."""
     t0 = time.perf_counter()
     results, n_docs, n_params = evaluate(cfg, workdir)
-    logs.write_json(os.path.join(workdir, "fewshot.json"), {"task": TASK, "results": results})
+    # What knowing word frequencies alone scores (the distractors are matched to the answer's frequency so that
+    # it is chance): the floor the curve must clear before it shows reading the context.
+    docs = [d for _, d in harness.load_task(T.TASKS[TASK], cfg.eval.data_dir, LIMIT).docs]
+    baseline = T.frequency_baseline(docs)
+    logs.write_json(
+        os.path.join(workdir, "fewshot.json"), {"task": TASK, "results": results, "frequency_baseline": baseline}
+    )
     title = f"{cfg.model.name}: {TASK}, {n_docs} held-out lines"
     report_lib.plot_accuracy_vs_shots(results, 0.25, report.image_path("fewshot.png"), title)
     rows = "\n".join(
@@ -56,8 +63,9 @@ def stage(cfg: ml_collections.ConfigDict, workdir: str, report: report_lib.Repor
         "fewshot",
         "## 5. In-context learning (GPT-3)\n\n"
         f"The pretrained model, without any gradient step, on `{TASK}` ({n_docs} held-out speeches): "
-        "choose the last word of a speech's first line among four (three are last words of training lines; "
-        "chance 25%), scored by log-likelihood (`acc`) and per character (`acc_norm`). K demonstrations are other "
+        "choose the last word of a speech's first line among four (three are last words of training lines of "
+        f"about the answer's frequency; chance 25%, picking the most frequent word {100 * baseline:.1f}%), scored "
+        "by log-likelihood (`acc`) and per character (`acc_norm`). K demonstrations are other "
         "held-out lines with their answer, drawn with a seed, never the line itself; the 128-token context fits "
         "only a few, so K is the number actually used.\n\n"
         "| K asked | K used | acc ± stderr | acc_norm ± stderr |\n|---|---|---|---|\n"

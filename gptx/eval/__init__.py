@@ -1,9 +1,11 @@
 """In-context learning evaluation: requests, tasks, 0/1/K-shot prompts and metrics (GPT-2/GPT-3 style).
 
-`requests.LM` scores log-likelihoods, rolling log-likelihoods and generations on a gptx model; `tasks.TASKS`
-holds declarative task entries; `harness` builds the prompts and scores them; `metrics` holds acc, acc_norm,
-acc_uncond, exact match, standard errors and the model-graded hook; `command` is `gptx.main eval`;
-`lm_eval_adapter` plugs gptx models into lm-evaluation-harness (optional `lm_eval` extra).
+`requests.LM` scores log-likelihoods, rolling log-likelihoods and generations (greedy or n samples) on a gptx
+model; `tasks` holds the Task type, readers and the Python registry; `taskfile` loads tasks and groups from
+YAML/JSON files (`builtin/` ships some), `records` reads their data files and `templates` renders their Jinja2
+prompts; `harness` builds the prompts and scores them; `metrics` holds acc, acc_norm, acc_uncond, exact match,
+pass@k, standard errors and the model-graded hook; `code` and `sandbox` run generated programs against unit
+tests; `command` is `gptx.main eval`; `lm_eval_adapter` plugs gptx models into lm-evaluation-harness.
 """
 
 from gptx.eval.requests import LM, Loglikelihood, Rolling

@@ -1,12 +1,14 @@
 """`python -m gptx.main eval --config=configs/eval.py --workdir=CHECKPOINT_WORKDIR`.
 
-Evaluates the latest checkpoint of a workdir on config.eval.tasks at each of config.eval.shots, prints a
-table and writes JSON (per task, per shot count: metrics, standard errors, n) to config.eval.output, by
-default WORKDIR/eval_results.json.
+Evaluates the latest checkpoint of a workdir on config.eval.tasks (built-in names, groups, task files) at each
+of config.eval.shots, prints a table and writes JSON (per task, per shot count: metrics, standard errors, n,
+demonstrations used; the checkpoint step, tokenizer, gptx version and config) to config.eval.output, by default
+WORKDIR/eval_results.json, and one record per doc and shot count beside it (eval_results.examples.jsonl).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Any
@@ -15,14 +17,16 @@ import jax
 import ml_collections
 from absl import logging
 
+import gptx
 from gptx import mesh as mesh_lib
 from gptx.config import ConfigError
 from gptx.data import tokenizer as tokenizer_lib
-from gptx.eval import harness
+from gptx.data.sources import DataError
+from gptx.eval import code, harness, sandbox, taskfile
 from gptx.eval import metrics as M
 from gptx.eval import tasks as T
 from gptx.eval.requests import CONTEXT_PREFIXES, LM
-from gptx.train import logs, pretrain
+from gptx.train import checkpoints, logs, pretrain
 
 RESULTS = "eval_results.json"
 
@@ -37,12 +41,19 @@ def parse_shots(text: str) -> list[int]:
     return sorted(dict.fromkeys(shots))
 
 
+def resolve_tasks(cfg: ml_collections.ConfigDict) -> list[T.Task]:
+    """The tasks config.eval.tasks names: built-in task names, group names and task files, comma-separated."""
+    entries = [t.strip() for t in cfg.eval.tasks.split(",") if t.strip()]
+    if not entries:
+        raise ConfigError("config.eval.tasks is empty: name built-in tasks, groups or task files, comma-separated")
+    try:
+        return taskfile.resolve_all(entries)
+    except (DataError, OSError) as e:
+        raise ConfigError(f"config.eval.tasks: {e}") from None
+
+
 def task_names(cfg: ml_collections.ConfigDict) -> list[str]:
-    names = [t.strip() for t in cfg.eval.tasks.split(",") if t.strip()]
-    unknown = [n for n in names if n not in T.TASKS]
-    if not names or unknown:
-        raise ConfigError(f"config.eval.tasks: unknown task(s) {unknown}; tasks: {', '.join(sorted(T.TASKS))}")
-    return names
+    return [t.name for t in resolve_tasks(cfg)]
 
 
 def validate_eval(cfg: ml_collections.ConfigDict) -> None:
@@ -53,9 +64,14 @@ def validate_eval(cfg: ml_collections.ConfigDict) -> None:
     for key in ("batch_size",):
         if e[key] <= 0:
             raise ConfigError(f"config.eval.{key}={e[key]} must be positive")
-    for key in ("limit", "max_new_tokens", "rolling_stride", "examples"):
+    for key in ("limit", "max_new_tokens", "rolling_stride", "examples", "samples", "sandbox_workers"):
         if e[key] < 0:
             raise ConfigError(f"config.eval.{key}={e[key]} must be >= 0")
+    if not 0.0 <= e.top_p <= 1.0 or e.sandbox_timeout <= 0 or e.sandbox_memory_mb <= 0:
+        raise ConfigError(
+            f"config.eval.top_p={e.top_p} must be in [0, 1] (0: the task's), sandbox_timeout and sandbox_memory_mb "
+            "positive"
+        )
     if e.rolling_stride > cfg.model.block_size:
         raise ConfigError(f"config.eval.rolling_stride={e.rolling_stride} exceeds the context {cfg.model.block_size}")
     if e.context_prefix not in CONTEXT_PREFIXES:
@@ -102,35 +118,89 @@ def make_grader(cfg: ml_collections.ConfigDict, lm: LM) -> M.Grader | None:
     return M.ModelGrader(lm if cfg.eval.grader == "self" else load_lm(cfg, cfg.eval.grader, lm.mesh))
 
 
-def evaluate(cfg: ml_collections.ConfigDict, lm: LM, grader: M.Grader | None = None) -> dict[str, Any]:
-    """Results of every configured task and shot count: {"results": {task: {shots: {...}}}, "tasks": {...}}."""
+def code_settings(e: ml_collections.ConfigDict) -> code.Settings:
+    """How code tasks sample and run their programs (config.eval.samples, temperature, top_p, sandbox_*)."""
+    timeout = float(e.sandbox_timeout)
+    limits = sandbox.Limits(timeout_s=timeout, cpu_s=max(1, int(timeout)), memory_mb=int(e.sandbox_memory_mb))
+    return code.Settings(e.samples, float(e.temperature), float(e.top_p), limits, e.sandbox_workers)
+
+
+def evaluate(
+    cfg: ml_collections.ConfigDict,
+    lm: LM,
+    grader: M.Grader | None = None,
+    per_example: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Results of every configured task and shot count: {"results": {task: {shots: {...}}}, "tasks": {...}};
+    `per_example`, when given, receives a record per doc and shot count (harness.example_records)."""
     e = cfg.eval
     shots = parse_shots(e.shots)
     results, info = {}, {}
-    for name in task_names(cfg):
-        task = T.get(name)
+    for task in resolve_tasks(cfg):
+        name = task.name
         t0 = time.perf_counter()
         data = harness.load_task(task, e.data_dir, e.limit)
         results[name] = harness.evaluate_task(
             lm, data, shots, seed=e.seed, max_new_tokens=e.max_new_tokens, rolling_stride=e.rolling_stride,
-            grader=grader, examples=e.examples,
+            grader=grader, examples=e.examples, code_settings=code_settings(e), per_example=per_example,
         )  # fmt: skip
-        info[name] = {"kind": task.kind, "malformed": data.malformed, "seconds": time.perf_counter() - t0}
+        info[name] = {
+            "kind": task.kind, "malformed": data.malformed, "malformed_lines": data.malformed_lines,
+            "seconds": time.perf_counter() - t0,
+        }  # fmt: skip
+        for path, lines in data.malformed_lines.items():
+            if lines:
+                where = ", ".join(f"{path}:{n}" for n in lines[:10]) + (" ..." if len(lines) > 10 else "")
+                logging.warning("%s: %d malformed record(s) skipped: %s", name, len(lines), where)
         if task.note:
             info[name]["note"] = task.note
         logging.info("%s: %s", name, results[name])
     return {"results": results, "tasks": info}
 
 
+def provenance(cfg: ml_collections.ConfigDict, workdir: str, lm: LM) -> dict[str, Any]:
+    """What a result was measured on: the checkpoint step, the tokenizer, the gptx version."""
+    tok_cfg = tokenizer_for(cfg, os.path.abspath(workdir).rstrip("/"))
+    return {
+        "workdir": os.path.abspath(workdir),
+        "checkpoint_step": checkpoints.latest_step(workdir),
+        "tokenizer": {
+            "path": os.path.abspath(pretrain.tokenizer_path(tok_cfg, workdir)),
+            "kind": type(lm.tokenizer).__name__,
+            "vocab_size": getattr(lm.tokenizer, "vocab_size", None),
+            "context_prefix": {"context": list(lm.prefix.context), "start": list(lm.prefix.start)},
+        },
+        "gptx_version": gptx.__version__,
+    }
+
+
+def examples_path(results_path: str) -> str:
+    """The per-example JSONL beside a results JSON: eval_results.json -> eval_results.examples.jsonl."""
+    return os.path.splitext(results_path)[0] + ".examples.jsonl"
+
+
 def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """The `eval` command: evaluate, print the table, write the JSON."""
+    """The `eval` command: evaluate, print the table, write the JSON summary and the per-example JSONL."""
     validate_eval(cfg)
     lm = load_lm(cfg, workdir)
-    out = evaluate(cfg, lm, make_grader(cfg, lm))
-    out["config"] = {"workdir": os.path.abspath(workdir), **cfg.eval.to_dict(), "model": cfg.model.to_dict()}
+    per_example: list[dict[str, Any]] = []
+    out = evaluate(cfg, lm, make_grader(cfg, lm), per_example)
+    out["run"] = provenance(cfg, workdir, lm)
+    out["config"] = cfg.to_dict()
     if jax.process_index() == 0:
         print(harness.format_table(out["results"]))
         path = cfg.eval.output or os.path.join(workdir, RESULTS)
+        out["run"]["examples"] = examples_path(path)
+        write_jsonl(out["run"]["examples"], per_example)
         logs.write_json(path, out)
-        print(f"results -> {path}")
+        print(f"results -> {path}\nper example -> {out['run']['examples']}")
     return out
+
+
+def write_jsonl(path: str, rows: list[dict[str, Any]]) -> None:
+    """One JSON object per line, through a temporary file and a rename (a reader never sees half a file)."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, default=str) + "\n")
+    os.replace(tmp, path)

@@ -15,14 +15,18 @@ from the front until it does (`mean_shots` reports how many were used), as the G
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from gptx.eval import code, sandbox
 from gptx.eval import metrics as M
 from gptx.eval import tasks as T
 from gptx.eval.requests import LM
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +44,9 @@ def sample_demonstrations(
     rng = np.random.default_rng([seed, doc_index])
     question = _question(task, doc)
     out: list[int] = []
-    for j in rng.permutation(len(pool)):
+    # first_n: the pool in its own order (lm-eval's first_n sampler), for demonstrations fixed by the task
+    order = range(len(pool)) if task.fewshot_sampler == "first_n" else rng.permutation(len(pool))
+    for j in order:
         j = int(j)
         if (same_file and j == doc_index) or _question(task, pool[j]) == question:
             continue  # never the test example, nor a copy of its question
@@ -85,7 +91,7 @@ def _fits(task: T.Task, lm: LM, max_new_tokens: int):
     """Whether a prompt (with its longest answer, or room to generate) fits the model's context."""
 
     def fits(text: str, doc: dict) -> bool:
-        if task.kind == T.GENERATE:
+        if task.kind in (T.GENERATE, T.CODE):
             return lm.count_tokens(text) + max_new_tokens <= lm.max_len
         answers = task.choice_texts(doc) if task.kind == T.CHOICE else [task.answer(doc)]
         longest = max(answers, key=len)
@@ -95,10 +101,13 @@ def _fits(task: T.Task, lm: LM, max_new_tokens: int):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Scoring, one function per kind: per-example metric values
+# Scoring, one function per kind: per-example metric values and per-example details (what the per-example JSONL
+# records: the choices' log-likelihoods, the generation, the samples and their sandbox results)
+
+Scored = tuple[dict[str, list], list[dict[str, Any]]]
 
 
-def score_choice(task: T.Task, lm: LM, docs: Sequence[dict], prompts: Sequence[Prompt]) -> dict[str, list[float]]:
+def score_choice(task: T.Task, lm: LM, docs: Sequence[dict], prompts: Sequence[Prompt]) -> Scored:
     wanted = task.active_metrics
     requests, uncond = [], []
     for doc, p in zip(docs, prompts, strict=True):
@@ -109,31 +118,38 @@ def score_choice(task: T.Task, lm: LM, docs: Sequence[dict], prompts: Sequence[P
     # The unconditional requests repeat across docs for fixed label words; LM deduplicates them.
     uncond_scores = [s.logprob for s in lm.loglikelihood(uncond)] if "acc_uncond" in wanted else None
     out: dict[str, list[float]] = {m: [] for m in wanted}
+    details = []
     at = 0
     for doc in docs:
-        choices, gold = task.choice_texts(doc), int(doc[task.label])
+        choices, gold = task.choice_texts(doc), task.gold_index(doc)
         lps = scores[at : at + len(choices)]
         if "acc" in out:
             out["acc"].append(M.choice_acc(lps, gold))
         if "acc_norm" in out:
             out["acc_norm"].append(M.choice_acc_norm(lps, choices, gold))
+        detail = {"choices": choices, "gold": gold, "loglikelihoods": lps}
         if uncond_scores is not None:
-            out["acc_uncond"].append(M.choice_acc_uncond(lps, uncond_scores[at : at + len(choices)], gold))
+            detail["uncond_loglikelihoods"] = uncond_scores[at : at + len(choices)]
+            out["acc_uncond"].append(M.choice_acc_uncond(lps, detail["uncond_loglikelihoods"], gold))
+        details.append(detail)
         at += len(choices)
-    return out
+    return out, details
 
 
-def score_completion(task: T.Task, lm: LM, docs: Sequence[dict], prompts: Sequence[Prompt]) -> dict[str, list[float]]:
+def score_completion(task: T.Task, lm: LM, docs: Sequence[dict], prompts: Sequence[Prompt]) -> Scored:
     """acc: the whole target is the greedy continuation; ppl is aggregated from the log-likelihoods."""
-    results = lm.loglikelihood(
-        [(p.text, task.target_delimiter + task.answer(d)) for d, p in zip(docs, prompts, strict=True)]
-    )
+    targets = [task.target_delimiter + task.answer(d) for d in docs]
+    results = lm.loglikelihood([(p.text, t) for p, t in zip(prompts, targets, strict=True)])
     out: dict[str, list[float]] = {}
     if "acc" in task.active_metrics:
         out["acc"] = [float(r.is_greedy) for r in results]
     if "ppl" in task.active_metrics:
         out["_logprob"] = [r.logprob for r in results]
-    return out
+    details = [
+        {"target": t, "loglikelihood": r.logprob, "is_greedy": r.is_greedy}
+        for t, r in zip(targets, results, strict=True)
+    ]
+    return out, details
 
 
 def score_generate(
@@ -143,7 +159,7 @@ def score_generate(
     prompts: Sequence[Prompt],
     max_new_tokens: int,
     grader: M.Grader | None = None,
-) -> tuple[dict[str, list[float]], list[str]]:
+) -> Scored:
     """Exact match of the extracted, normalised answer; `graded` from the grader when one is given."""
     gens = lm.generate_until([(p.text, task.until) for p in prompts], max_new_tokens)
     answers = [M.extract_answer(g, task.extract, task.extract_fallback) for g in gens]
@@ -153,7 +169,34 @@ def score_generate(
         items = [(task.render_context(d), g, r) for d, g, r in zip(docs, gens, refs, strict=True)]
         many = getattr(grader, "grade_many", None)
         out["graded"] = many(items) if many else [float(grader(*it)) for it in items]
-    return out, gens
+    details = [{"generation": g, "answer": a, "reference": r} for g, a, r in zip(gens, answers, refs, strict=True)]
+    return out, details
+
+
+def score_code(
+    task: T.Task,
+    lm: LM,
+    docs: Sequence[dict],
+    prompts: Sequence[Prompt],
+    max_new_tokens: int,
+    settings: code.Settings,
+    seed: int = 0,
+) -> Scored:
+    """n sampled completions per prompt (n copies of each request, batched together through the KV-cache
+    decoder), each run against the doc's unit tests: pass@k per doc; the samples and their sandbox results."""
+    n = settings.samples or task.samples
+    temperature = settings.temperature if settings.temperature >= 0 else task.temperature
+    top_p = settings.top_p or task.top_p
+    requests = [(p.text, task.until) for p in prompts for _ in range(n)]
+    gens = lm.generate_until(requests, max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
+    samples = [gens[i * n : (i + 1) * n] for i in range(len(docs))]
+    ks = [k for k in task.pass_k if k <= n]
+    per, results = code.score_samples(task.program_format, docs, samples, ks, settings)
+    details = [
+        {"samples": gs, "statuses": [r.status for r in rs], "errors": [r.detail for r in rs]}
+        for gs, rs in zip(samples, results, strict=True)
+    ]
+    return per, details
 
 
 def score_perplexity(task: T.Task, lm: LM, docs: Sequence[dict], stride: int = 0) -> dict[str, list[float]]:
@@ -191,20 +234,21 @@ class TaskData:
     pool: list[dict]
     same_file: bool  # the pool is the test file
     malformed: dict[str, int]
+    malformed_lines: dict[str, list[int]] = dataclasses.field(default_factory=dict)  # file -> lines (first 100)
 
 
 def load_task(task: T.Task, data_dir: str, limit: int = 0) -> TaskData:
     """The first `limit` test docs (all when 0) and the few-shot pool of a task."""
     test = T.load_docs(task, task.test, data_dir)
-    malformed = {test.path: test.malformed}
+    malformed, lines = {test.path: test.malformed}, {test.path: test.malformed_lines[:100]}
     if task.fewshot:
         fewshot = T.load_docs(task, task.fewshot, data_dir)
-        malformed[fewshot.path] = fewshot.malformed
+        malformed[fewshot.path], lines[fewshot.path] = fewshot.malformed, fewshot.malformed_lines[:100]
         pool = fewshot.docs
     else:
         pool = test.docs
     docs = list(enumerate(test.docs))[: limit or None]
-    return TaskData(task, docs, pool, task.fewshot is None, malformed)
+    return TaskData(task, docs, pool, task.fewshot is None, malformed, lines)
 
 
 def evaluate_task(
@@ -217,55 +261,107 @@ def evaluate_task(
     rolling_stride: int = 0,
     grader: M.Grader | None = None,
     examples: int = 0,
+    code_settings: code.Settings | None = None,
+    per_example: list[dict[str, Any]] | None = None,
 ) -> dict[int, dict[str, Any]]:
-    """{shots: {metric: value, metric_stderr: se, n, mean_shots}} of one task; perplexity tasks run 0-shot only.
+    """{shots: {metric: value, metric_stderr: se, n, mean_shots, fewer_shots}} of one task; perplexity tasks run
+    0-shot only. `fewer_shots` counts the docs whose prompt holds fewer demonstrations than asked (they did not
+    fit the context, or the pool is smaller); a task where that happens is warned about once.
 
-    `examples` > 0 keeps that many (prompt, answer/generation) pairs per shot count under "examples".
+    `examples` > 0 keeps that many (prompt, answer/generation) pairs per shot count under "examples";
+    `per_example`, when given, receives one record per doc and shot count (see `example_records`).
     """
     task = data.task
     docs = [d for _, d in data.docs]
     if task.kind == T.PERPLEXITY:
-        return {0: {**aggregate(score_perplexity(task, lm, docs, rolling_stride)), "n": len(docs), "mean_shots": 0.0}}
+        rolled = score_perplexity(task, lm, docs, rolling_stride)
+        if per_example is not None:
+            per_example += [
+                {"task": task.name, "shots": 0, "doc": i, "text": task.render_context(d), "loglikelihood": r.logprob,
+                 "n_tokens": r.n_tokens, "n_bytes": r.n_bytes}
+                for (i, d), r in zip(data.docs, rolled["_rolling"], strict=True)
+            ]  # fmt: skip
+        return {0: {**aggregate(rolled), "n": len(docs), "mean_shots": 0.0, "fewer_shots": 0}}
     # A generation budget beyond the context is cut to half of it, leaving the other half to the prompt.
     new_tokens = min(max_new_tokens or task.max_new_tokens, lm.max_len // 2)
     fits = _fits(task, lm, new_tokens)
-    results = {}
+    results, short = {}, {}
     for k in shots:
         prompts = make_prompts(task, data.docs, data.pool, k, seed, data.same_file, fits)
-        gens = None
         if task.kind == T.CHOICE:
-            per = score_choice(task, lm, docs, prompts)
+            per, details = score_choice(task, lm, docs, prompts)
         elif task.kind == T.COMPLETION:
-            per = score_completion(task, lm, docs, prompts)
+            per, details = score_completion(task, lm, docs, prompts)
+        elif task.kind == T.CODE:
+            per, details = score_code(task, lm, docs, prompts, new_tokens, code_settings or code.Settings(), seed)
         else:
-            per, gens = score_generate(task, lm, docs, prompts, new_tokens, grader)
-        res = {**aggregate(per), "n": len(docs), "mean_shots": float(np.mean([len(p.demos) for p in prompts]))}
-        if task.kind == T.GENERATE:
+            per, details = score_generate(task, lm, docs, prompts, new_tokens, grader)
+        used = [len(p.demos) for p in prompts]
+        res = {**aggregate(per), "n": len(docs), "mean_shots": float(np.mean(used))}
+        res["fewer_shots"] = sum(u < k for u in used)
+        if res["fewer_shots"]:
+            short[k] = (res["fewer_shots"], res["mean_shots"])
+        if task.kind in (T.GENERATE, T.CODE):
             res["max_new_tokens"] = new_tokens
+        if task.kind == T.CODE:
+            res["statuses"] = {s: sum(st == s for d in details for st in d["statuses"]) for s in sandbox.STATUSES}
         if examples:
             res["examples"] = [
-                {"prompt": p.text, "answer": task.answer(d), **({"generation": gens[i]} if gens else {})}
-                for i, (d, p) in enumerate(zip(docs[:examples], prompts[:examples], strict=True))
+                {"prompt": p.text, "answer": task.answer(d), **_generation(det)}
+                for d, p, det in zip(docs[:examples], prompts[:examples], details, strict=False)
             ]
+        if per_example is not None:
+            per_example += example_records(task.name, k, data.docs, prompts, per, details)
         results[k] = res
+    if short:
+        log.warning(
+            "%s: %s: demonstrations dropped to fit the context (%d tokens) or the few-shot pool (%d docs)",
+            task.name, "; ".join(f"K={k} used fewer for {n}/{len(docs)} docs (mean {m:.2f})"
+                                 for k, (n, m) in short.items()),
+            lm.max_len, len(data.pool),
+        )  # fmt: skip
     return results
 
 
+def _generation(detail: dict[str, Any]) -> dict[str, Any]:
+    if "generation" in detail:
+        return {"generation": detail["generation"]}
+    return {"generation": detail["samples"][0]} if "samples" in detail else {}
+
+
+def example_records(
+    name: str, k: int, docs: Sequence[tuple[int, dict]], prompts: Sequence[Prompt], per: dict[str, list], details
+) -> list[dict[str, Any]]:
+    """One JSON-able record per doc: task, shots asked, shots used, the doc's index in its file, the prompt, what
+    was scored (choices and their log-likelihoods, the target, the generation or the samples and their sandbox
+    results) and the doc's own metric values."""
+    out = []
+    for i, ((index, _), p, detail) in enumerate(zip(docs, prompts, details, strict=True)):
+        metrics = {m: v[i] for m, v in per.items() if not m.startswith("_")}
+        out.append({"task": name, "shots": k, "shots_used": len(p.demos), "doc": index, "prompt": p.text,
+                    **detail, "metrics": metrics})  # fmt: skip
+    return out
+
+
+# Not metrics: no table rows
+SUMMARY_FIELDS = ("n", "mean_shots", "fewer_shots", "examples", "max_new_tokens", "statuses")
+
+
 def format_table(results: dict[str, dict[int, dict[str, Any]]]) -> str:
-    """A plain-text table: task, shots, metric, value, stderr, n."""
-    rows = [("task", "shots", "metric", "value", "stderr", "n")]
+    """A plain-text table: task, shots (asked), used (mean demonstrations that fitted), metric, value, stderr, n."""
+    rows = [("task", "shots", "used", "metric", "value", "stderr", "n")]
     for name, per_shot in results.items():
         for k, res in sorted(per_shot.items()):
             for metric, value in res.items():
-                if metric.endswith("_stderr") or metric in ("n", "mean_shots", "examples", "max_new_tokens"):
+                if metric.endswith("_stderr") or metric in SUMMARY_FIELDS:
                     continue
                 se = res.get(f"{metric}_stderr")
-                shots = f"{k}" if res["mean_shots"] == k else f"{k} ({res['mean_shots']:.1f})"
+                used = f"{res['mean_shots']:.0f}" if res["mean_shots"] == k else f"{res['mean_shots']:.2f}"
                 se_text = "" if se is None else f"{se:.4f}"
-                rows.append((name, shots, metric, f"{value:.4f}", se_text, str(res["n"])))
+                rows.append((name, str(k), used, metric, f"{value:.4f}", se_text, str(res["n"])))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [
-        "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+        "  ".join(c.ljust(w) if i in (0, 3) else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
         for r in rows
     ]
     lines.insert(1, "-" * len(lines[0]))

@@ -142,3 +142,15 @@ class ModelGrader:
 
     def __call__(self, prompt: str, answer: str, reference: str) -> float:
         return self.grade_many([(prompt, answer, reference)])[0]
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased estimate of pass@k from n samples of which c pass (Chen et al. 2021, "Evaluating Large Language
+    Models Trained on Code", Fig. 3): 1 - C(n-c, k) / C(n, k), the chance that a draw of k of the n samples
+    holds a passing one. Computed as the product 1 - prod_{i=n-c+1}^{n} (1 - k / i), which never forms the huge
+    binomials (the paper's numerically stable form)."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1, dtype=np.float64)))

@@ -329,9 +329,12 @@ class LM:
         max_new_tokens: int = 32,
         *,
         temperature: float = 0.0,
+        top_p: float = 1.0,
         seed: int = 0,
     ) -> list[str]:
-        """Greedy continuations (temperature 0) of the contexts, each cut before the first of its stop strings.
+        """Greedy continuations (temperature 0), or samples at a temperature and nucleus top_p, of the contexts,
+        each cut before the first of its stop strings. n samples of a prompt are n copies of its request: each
+        copy has its own row key, and the copies share batches of the KV-cache decoder.
 
         Prompts longer than max_len - max_new_tokens lose tokens on the left. Batches are left-padded to a
         power-of-two width and filled to batch_size rows, so decoding compiles once per width bucket, not once
@@ -346,7 +349,7 @@ class LM:
         keep = self.max_len - max_new_tokens
         prompts = [self.prompt_ids(ctx)[-keep:] for ctx, _ in requests]
         sampling = SamplingConfig(
-            max_new_tokens=max_new_tokens, temperature=temperature, eos_id=tok.eos_id, pad_id=self.pad_id
+            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, eos_id=tok.eos_id, pad_id=self.pad_id
         )
         order = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i]), i))
         out: list[str] = [""] * len(requests)

@@ -1,9 +1,10 @@
 """Evaluation tasks as declarative entries: a file, a reader, templates, delimiters and metrics.
 
-A document (doc) is a dict of fields; `context`, `target`, `gold` and the choice strings are Python format
-templates over those fields. A new task is one `Task(...)` entry in `TASKS`, no new code, as long as its file
-is read by one of `READERS` (JSON lines with any fields, the GLUE/SNLI/HellaSwag formats) and its fields need
-at most one of the named `PROCESSORS` (LAMBADA's last word, GSM8K's answer, HellaSwag's clean-up).
+A document (doc) is a dict of fields; `context`, `target`, `gold` and the choice strings are templates over
+those fields: Python format strings for the entries of `TASKS`, Jinja2 for task files (gptx/eval/taskfile.py,
+the way to add a task without code). A task's file is read by one of `READERS` (JSON lines, JSON, CSV, TSV,
+text, compressed or not; the GLUE/SNLI/HellaSwag formats) and its fields may go through one of the named
+`PROCESSORS` (LAMBADA's last word, GSM8K's answer, HellaSwag's preprocessing).
 
 Kinds, and the metrics each can report:
   choice      one prompt, several choice strings scored by log-likelihood: acc, acc_norm, acc_uncond
@@ -14,6 +15,8 @@ Kinds, and the metrics each can report:
               a model grader is given)
   perplexity  rolling log-likelihood of whole texts: bits_per_byte, word_perplexity, token_perplexity
               (zero-shot only)
+  code        n sampled completions per problem, each run against the problem's unit tests in the sandbox
+              (gptx/eval/code.py, gptx/eval/sandbox.py): pass@k for each k of `pass_k` (Chen et al. 2021)
 
 Paths are relative to config.eval.data_dir (the shared data sets), or `bundled:NAME` for files shipped in
 gptx/assets. Demonstrations come from `fewshot` when a task has a training/validation file, else from the test
@@ -23,9 +26,7 @@ file itself, never the test example (see gptx/eval/harness.py).
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import importlib.resources
-import json
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -36,10 +37,12 @@ import numpy as np
 from gptx.data import finetune_tasks as ft
 from gptx.data import loader, paths, sources
 from gptx.data.sources import DataError
+from gptx.eval import code, records, templates
 from gptx.eval.metrics import Normalization
 
-CHOICE, COMPLETION, GENERATE, PERPLEXITY = "choice", "completion", "generate", "perplexity"
+CHOICE, COMPLETION, GENERATE, PERPLEXITY, CODE = "choice", "completion", "generate", "perplexity", "code"
 KIND_METRICS = {
+    CODE: ("pass@k",),
     CHOICE: ("acc", "acc_norm", "acc_uncond"),
     COMPLETION: ("acc", "ppl"),
     GENERATE: ("exact_match", "graded"),
@@ -74,35 +77,72 @@ class Task:
     extract_fallback: str = ""  # "last_number": when the regex misses, take the generation's last number
     normalization: Normalization = Normalization()
     note: str = ""  # provenance / how it differs from the published setup
+    # code tasks: the record format (gptx.eval.code.FIELDS), samples per problem, how they are drawn, the k's
+    program_format: str = ""
+    samples: int = 1
+    temperature: float = 0.0
+    top_p: float = 1.0
+    pass_k: tuple[int, ...] = (1,)
+    # "format": templates are str.format strings and `label` a field; "jinja": templates are Jinja2 (as in
+    # lm-evaluation-harness task files), a template that is a field's name is that field, and `label` is a
+    # field or a template giving the gold index or the gold choice's text
+    syntax: str = "format"
+    fewshot_sampler: str = "random"  # "random": a seeded draw per test doc; "first_n": the pool's first K
 
     def __post_init__(self):
         if self.kind not in KIND_METRICS:
             raise ValueError(f"task {self.name}: kind {self.kind!r} is not one of {', '.join(KIND_METRICS)}")
-        bad = [m for m in self.metrics if m not in KIND_METRICS[self.kind]]
+        allowed = [f"pass@{k}" for k in self.pass_k] if self.kind == CODE else KIND_METRICS[self.kind]
+        bad = [m for m in self.metrics if m not in allowed]
         if bad:
             raise ValueError(f"task {self.name}: metrics {bad} do not apply to a {self.kind} task")
         if self.reader not in READERS or (self.process and self.process not in PROCESSORS):
             raise ValueError(f"task {self.name}: unknown reader {self.reader!r} or processor {self.process!r}")
+        if self.fewshot_sampler not in ("random", "first_n"):
+            raise ValueError(f"task {self.name}: fewshot_sampler {self.fewshot_sampler!r} is not random or first_n")
+        if self.kind == CODE and (self.program_format not in code.FIELDS or self.samples < 1 or not self.pass_k):
+            raise ValueError(
+                f"task {self.name}: a code task needs program_format in {list(code.FIELDS)}, samples >= 1 and "
+                "pass_k (e.g. [1, 10])"
+            )
 
     # Rendering -----------------------------------------------------------------------------------------------
 
+    def fill(self, template: str, doc: dict[str, Any]) -> Any:
+        """A template filled from a doc, in the task's syntax."""
+        if self.syntax == "jinja":
+            return doc[template] if template in doc else templates.render(template, doc)
+        return template.format(**doc)
+
     def render_context(self, doc: dict[str, Any]) -> str:
-        return self.context.format(**doc)
+        return str(self.fill(self.context, doc))
 
     def choice_texts(self, doc: dict[str, Any]) -> list[str]:
         if isinstance(self.choices, str):
+            if self.syntax == "jinja" and self.choices not in doc:
+                return [str(c) for c in templates.render_list(self.choices, doc)]
             return list(doc[self.choices])
-        return [c.format(**doc) for c in self.choices]
+        return [str(self.fill(c, doc)) for c in self.choices]
+
+    def gold_index(self, doc: dict[str, Any]) -> int:
+        """Index of the gold choice: `label` is a field (or a Jinja template) holding it, or the gold text."""
+        value = doc[self.label] if self.syntax == "format" or self.label in doc else self.fill(self.label, doc)
+        if isinstance(value, str) and not value.strip().lstrip("-").isdigit():
+            return self.choice_texts(doc).index(value)
+        index = int(value)
+        if not 0 <= index < len(self.choice_texts(doc)):
+            raise IndexError(f"gold index {index} out of range")
+        return index
 
     def answer(self, doc: dict[str, Any]) -> str:
         """The correct answer as a demonstration shows it (after the target delimiter)."""
         if self.kind == CHOICE:
-            return self.choice_texts(doc)[int(doc[self.label])]
-        return self.target.format(**doc)
+            return self.choice_texts(doc)[self.gold_index(doc)]
+        return str(self.fill(self.target, doc))
 
     def reference(self, doc: dict[str, Any]) -> str:
         """What a generation is compared with."""
-        return (self.gold or self.target).format(**doc)
+        return str(self.fill(self.gold or self.target, doc))
 
     def demonstration(self, doc: dict[str, Any]) -> str:
         """context + target delimiter + answer: one solved example in a few-shot prompt."""
@@ -112,6 +152,8 @@ class Task:
     def active_metrics(self) -> tuple[str, ...]:
         if self.metrics:
             return self.metrics
+        if self.kind == CODE:
+            return tuple(f"pass@{k}" for k in self.pass_k)
         return tuple(m for m in KIND_METRICS[self.kind] if m != "graded")
 
 
@@ -125,33 +167,24 @@ class Docs:
     docs: list[dict[str, Any]]
     malformed: int = 0
     malformed_lines: list[int] = dataclasses.field(default_factory=list)
+    lines: list[int] | None = None  # the file line of each doc, where the reader knows it
 
     def summary(self) -> str:
         lines = f" (lines {', '.join(map(str, self.malformed_lines[:20]))})" if self.malformed else ""
         return f"{self.path}: {len(self.docs)} docs, {self.malformed} malformed{lines}"
 
 
-def read_jsonl(path: str, fields: Sequence[str] = ()) -> Docs:
-    """JSON lines (plain or .gz): one object per line with at least `fields` (string or list values)."""
-    out = Docs(path, [])
-    opener = gzip.open if path.endswith(".gz") else open
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"task file {path} not found (set config.eval.data_dir)")
-    with opener(path, "rt", encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                ok = isinstance(rec, dict) and all(isinstance(rec.get(k), str | list | int) for k in fields)
-            except ValueError:
-                ok = False
-            if ok:
-                out.docs.append(rec)
-            else:
-                out.malformed += 1
-                out.malformed_lines.append(line_no)
-    return out
+def read_records(fmt: str = ""):
+    """A reader of gptx.eval.records' formats ("" = from the file name): JSON lines, JSON, CSV, TSV, text."""
+
+    def read(path: str, fields: Sequence[str] = ()) -> Docs:
+        recs = records.read(path, fmt, fields)
+        return Docs(path, recs.docs, len(recs.malformed_lines), recs.malformed_lines, recs.lines)
+
+    return read
+
+
+read_jsonl = read_records("jsonl")
 
 
 def _from_examples(result: ft.ReadResult) -> Docs:
@@ -178,31 +211,64 @@ def _speech_first_lines(docs: Sequence[str]) -> list[dict[str, str]]:
     return out
 
 
+def _word_counts(docs: Sequence[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for d in docs:
+        for w in re.findall(r"[A-Za-z']+", d.lower()):
+            counts[w] = counts.get(w, 0) + 1
+    return counts
+
+
 def read_shakespeare_lastword(path: str, fields: Sequence[str] = ()) -> Docs:
     """A LAMBADA-style multiple-choice task built from a Tiny Shakespeare-style corpus.
 
     Each speech of the validation split whose first line has at least 4 words and ends in a word gives a doc:
-    context "NAME:\n<first line without its last word>", choices the true last word and 3 distinct last words
-    of first lines from the training split (seeded), gold at a seeded position. Distractors come from the
-    training split so that demonstrations (held-out lines with their answers) never show a distractor as an
-    answer. Speeches without such a first line are not task items (not malformed).
+    context "NAME:\n<first line without its last word>", choices the true last word and 3 last words of first
+    lines from the training split, gold at a seeded position. The distractors are matched to the answer's
+    frequency in the training text (`_matched_distractors`), so that knowing which words are common, without
+    reading the context, does not pick the answer: uniform
+    distractors let a context-free frequency baseline score 52.7% against the 25% of chance. Each doc keeps
+    `choice_counts` (training-text counts of its choices) for that baseline (`frequency_baseline`).
+    Distractors come from the training split so that demonstrations (held-out lines with their answers) never
+    show a distractor as an answer. Speeches without such a first line are not task items (not malformed).
     """
     train, val = loader.split_train_val(sources.read_documents(path, "blank_line"), 0.1)
     docs = _speech_first_lines(val)
-    distractors = sorted({u["last"] for u in _speech_first_lines(train)})
+    counts = _word_counts(train)
+    spelling = {}  # a word as training lines end in it (the first spelling in sorted order: "Isabella")
+    for w in sorted({u["last"] for u in _speech_first_lines(train)}):
+        spelling.setdefault(w.lower(), w)
+    by_count = sorted(spelling, key=lambda w: (counts.get(w, 0), w))
     rng = np.random.default_rng(0)
     for doc in docs:
-        picked = [doc["last"]]
-        for j in rng.permutation(len(distractors)):
-            if distractors[j].lower() not in {w.lower() for w in picked}:
-                picked.append(distractors[j])
-            if len(picked) == 4:
-                break
-        label = int(rng.integers(len(picked)))
-        choices = picked[1:]
+        picked = [spelling[w] for w in _matched_distractors(doc["last"].lower(), by_count, counts, rng)]
+        label = int(rng.integers(4))
+        choices = list(picked)
         choices.insert(label, doc["last"])
-        doc.update(choices=choices, label=label)
+        doc.update(choices=choices, label=label, choice_counts=[counts.get(c.lower(), 0) for c in choices])
     return Docs(path, docs)
+
+
+def _matched_distractors(answer: str, by_count: list[str], counts: dict[str, int], rng) -> list[str]:
+    """3 distractors of about the answer's training frequency such that the answer's frequency rank among the
+    4 choices is uniform: r of them (r uniform in 0..3) are the next more frequent words, 3 - r the next less
+    frequent ones (each drawn from the 4 nearest), words of the same count filling a side that runs out (a tie,
+    which no frequency rule can break). So no rule over frequencies alone beats chance in expectation."""
+    n = counts.get(answer, 0)
+    above = [w for w in by_count if counts.get(w, 0) > n and w != answer][:4]  # nearest more frequent first
+    below = [w for w in reversed(by_count) if counts.get(w, 0) < n and w != answer][:4]
+    equal = [w for w in by_count if counts.get(w, 0) == n and w != answer]
+    r = int(rng.integers(4))
+    take = [above[i] for i in rng.permutation(len(above))[:r]]
+    take += [below[i] for i in rng.permutation(len(below))[: 3 - r]]
+    spare = [equal[i] for i in rng.permutation(len(equal))] + [w for w in above + below if w not in take]
+    return take + spare[: 3 - len(take)]
+
+
+def frequency_baseline(docs: Sequence[dict[str, Any]]) -> float:
+    """Accuracy of the context-free baseline: pick the choice most frequent in the training text (ties: the
+    first), as a model that learnt only word frequencies would."""
+    return float(np.mean([int(np.argmax(d["choice_counts"])) == int(d["label"]) for d in docs]))
 
 
 def _ft_reader(fn: Callable[[str], ft.ReadResult]) -> Callable[..., Docs]:
@@ -216,6 +282,8 @@ def _ft_reader(fn: Callable[[str], ft.ReadResult]) -> Callable[..., Docs]:
 
 READERS: dict[str, Callable[..., Docs]] = {
     "jsonl": read_jsonl,
+    **{fmt: read_records(fmt) for fmt in records.FORMATS if fmt != "jsonl"},
+    "auto": read_records(""),
     "sst2": _ft_reader(ft.read_sst2),
     "rte": _ft_reader(ft.read_rte),
     "snli": _ft_reader(ft.read_snli),  # also MNLI: the same {"premise", "hypothesis", "label"} lines
@@ -248,14 +316,29 @@ def process_gsm8k(doc: dict[str, Any]) -> dict[str, Any] | None:
     return {**doc, "cot": re.sub(r"<<[^>]*>>", "", doc["answer"]), "gold": m.group(1)}
 
 
+# ctx_b, the start of the sentence an ending completes: lowercase text after the context's last sentence end
+_CTX_B = re.compile(r"^(.*[.!?])\s+([a-z][^.!?]*)$", re.S)
+
+
+def capitalize_ctx_b(text: str) -> str:
+    """lm-evaluation-harness builds a HellaSwag context as ctx_a + " " + ctx_b.capitalize(); the shared file
+    holds activity_label + ": " + ctx_a + " " + ctx_b as HellaSwag's `ctx` has it, uncapitalised. ctx_b is the
+    text after ctx_a's last sentence end when it starts in lowercase ("... on a roof. he" -> "... on a roof.
+    He"); str.capitalize also lowercases the rest of it, as lm-eval's does. Without the JSON's ctx_a/ctx_b this
+    is an inference: it changes 3,236 of the 10,042 validation contexts, the third the JSON's ctx_b affects."""
+    m = _CTX_B.match(text)
+    return f"{m.group(1)} {m.group(2).capitalize()}" if m else text
+
+
 def process_hellaswag(doc: dict[str, Any]) -> dict[str, Any]:
-    """lm-evaluation-harness's HellaSwag clean-up: WikiHow's " [title]" becomes ". ", other [tags] go."""
+    """lm-evaluation-harness's HellaSwag preprocessing (lm_eval/tasks/hellaswag/utils.py): ctx_b capitalised,
+    then WikiHow's " [title]" becomes ". ", other [tags] go, double spaces become one."""
 
     def clean(text: str) -> str:
         text = text.strip().replace(" [title]", ". ")
         return re.sub(r"\[.*?\]", "", text).replace("  ", " ")
 
-    return {**doc, "text_a": clean(doc["text_a"]), "choices": [clean(c) for c in doc["choices"]]}
+    return {**doc, "text_a": clean(capitalize_ctx_b(doc["text_a"])), "choices": [clean(c) for c in doc["choices"]]}
 
 
 PROCESSORS: dict[str, Callable[[dict[str, Any]], dict[str, Any] | None]] = {
@@ -270,9 +353,12 @@ PROCESSORS: dict[str, Callable[[dict[str, Any]], dict[str, Any] | None]] = {
 
 
 def resolve(path: str, data_dir: str) -> str:
-    """A task path: `bundled:NAME` in gptx/assets, else relative to data_dir (itself relative to the repo root)."""
+    """A task path: `bundled:NAME` in gptx/assets, `builtin:NAME` in gptx/eval/builtin (the task files and data
+    shipped with the harness), else relative to data_dir (itself relative to the repo root)."""
     if path.startswith("bundled:"):
         return str(importlib.resources.files("gptx") / "assets" / path.removeprefix("bundled:"))
+    if path.startswith("builtin:"):
+        return str(importlib.resources.files("gptx.eval") / "builtin" / path.removeprefix("builtin:"))
     return paths.data_path(data_dir, path)
 
 
@@ -284,10 +370,12 @@ def load_docs(task: Task, path: str, data_dir: str) -> Docs:
         p = PROCESSORS[task.process](d) if task.process else d
         if p is None or not _renders(task, p):
             docs.malformed += 1
-            docs.malformed_lines.append(i + 1)  # the record's number among the file's records
+            # the record's file line where the reader knows it, else its number among the file's records
+            docs.malformed_lines.append(docs.lines[i] if docs.lines else i + 1)
         else:
             kept.append(p)
     docs.docs = kept
+    docs.malformed_lines.sort()
     if not docs.docs:
         raise DataError(f"{docs.path}: no usable records for task {task.name} ({docs.malformed} malformed)")
     return docs
@@ -304,15 +392,23 @@ def _renders(task: Task, doc: dict[str, Any]) -> bool:
             task.choice_texts(doc)
         if task.kind == GENERATE:
             task.reference(doc)
-    except (KeyError, IndexError, ValueError, TypeError):
+        if task.kind == CODE:
+            code.program(task.program_format, doc, code.reference_solution(task.program_format, doc))
+    except (KeyError, IndexError, ValueError, TypeError, SyntaxError, templates.TemplateError):
         return False
     return True
 
 
 def get(name: str) -> Task:
-    if name not in TASKS:
-        raise DataError(f"unknown eval task {name!r}; tasks: {', '.join(sorted(TASKS))}")
-    return TASKS[name]
+    """A built-in task by name: a registry entry or a task file in gptx/eval/builtin."""
+    if name in TASKS:
+        return TASKS[name]
+    from gptx.eval import taskfile  # it builds Tasks: imported here, not at the top, to avoid a cycle
+
+    tasks = taskfile.resolve(name)
+    if len(tasks) != 1:
+        raise DataError(f"{name!r} is a group of {len(tasks)} tasks, not one task")
+    return tasks[0]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -432,8 +528,15 @@ TASKS: dict[str, Task] = {
         choices="choices",
         fewshot_delimiter="\n",
         metrics=("acc", "acc_norm"),
-        note="the last word of a held-out speech's first line among 4 (3 from training lines); chance 25%",
+        note="the last word of a held-out speech's first line among 4 (3 training-line last words of about its "
+        "frequency); chance 25%, see frequency_baseline",
     ),
     **{n: _gpt3_task(n, gz=False) for n in GPT3_ARITHMETIC},
     **{n: _gpt3_task(n, gz=True) for n in GPT3_WORD_SCRAMBLE},
+}
+
+# Names for several tasks at once in config.eval.tasks (more groups: group files in gptx/eval/builtin)
+GROUPS: dict[str, tuple[str, ...]] = {
+    "gpt3_arithmetic": GPT3_ARITHMETIC,
+    "gpt3_word_scramble": GPT3_WORD_SCRAMBLE,
 }

@@ -1,0 +1,44 @@
+"""Jinja2 prompt templates, rendered as lm-evaluation-harness renders a task file's doc_to_text/choice/target.
+
+The environment is lm-eval's (`lm_eval.utils.env`): StrictUndefined (a missing field is an error, so the record
+is reported malformed, not rendered with a blank), trailing newlines kept, and its `regex_replace` filter.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import re
+from typing import Any
+
+import jinja2
+
+TemplateError = jinja2.TemplateError
+
+
+def regex_replace(text: str, pattern: str = " ", replacement: str = " ") -> str:
+    return re.sub(pattern, replacement, text)
+
+
+@functools.cache
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.BaseLoader(), undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    env.filters["regex_replace"] = regex_replace
+    return env
+
+
+@functools.lru_cache(maxsize=1024)
+def _compile(template: str) -> jinja2.Template:
+    return _environment().from_string(template)
+
+
+def render(template: str, doc: dict[str, Any]) -> str:
+    return _compile(template).render(**doc)
+
+
+def render_list(template: str, doc: dict[str, Any]) -> list[Any]:
+    """A template that renders a Python list literal ("{{[ending1, ending2]}}"), as lm-eval's doc_to_choice."""
+    value = ast.literal_eval(render(template, doc))
+    if not isinstance(value, list | tuple):
+        raise TypeError(f"template {template!r} gives {type(value).__name__}, not a list")
+    return list(value)
