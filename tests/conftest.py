@@ -1,11 +1,23 @@
-"""Test setup: 8 simulated CPU devices for mesh tests (set before JAX initialises its backend)."""
+"""Test setup: 8 simulated CPU devices for mesh tests (set before JAX initialises its backend) and one persistent
+XLA compilation cache for the run."""
 
+import getpass
 import os
 import pathlib
 import sys
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Compiling, not running, is most of a tiny-model test's time, and many tests (and the CLI subprocesses they
+# start, which inherit these variables) compile the same programs: share the executables through JAX's
+# persistent cache. Entries are keyed by the program, the devices and the jax version, so a stale one is never
+# used; a cache read error only costs a recompilation.
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"gptx-tests-xla-cache-{getpass.getuser()}")
+)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import jax  # noqa: E402
 import ml_collections  # noqa: E402

@@ -27,12 +27,13 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 from gptx import mesh as mesh_lib
+from gptx.models import vocab_tiling
 from gptx.sample import SamplingConfig, decode
 
 MIN_BUCKET = 16
@@ -403,10 +404,10 @@ def _make_scorer(model: Any, mesh: Mesh | None):
     """
 
     def score(params, inputs, targets):
-        logits = model.apply({"params": params}, inputs)  # [B, T, V] f32
-        logp = jax.nn.log_softmax(logits, axis=-1)
-        target_logp = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]  # [B, T]
-        return target_logp, jnp.argmax(logits, axis=-1) == targets
+        hidden = model.apply({"params": params}, inputs, return_hidden=True)  # [B, T, D]
+        # The [B, T, V] logits exist model.cfg.logits_chunk positions at a time (vocab tiling).
+        wte = nn.meta.unbox(params["wte"])
+        return vocab_tiling.token_logprobs(hidden, wte, targets, chunk=model.cfg.logits_chunk)
 
     if mesh is None:
         return jax.jit(score)

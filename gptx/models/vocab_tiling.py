@@ -27,7 +27,7 @@ def _chunk_logprobs(
     logits = logits / temperature
     target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
     logp = target_logit - jax.nn.logsumexp(logits, axis=-1)
-    return logp, target_logit >= jnp.max(logits, axis=-1)
+    return logp, jnp.argmax(logits, axis=-1) == targets  # the first maximum on ties, as argmax everywhere
 
 
 def token_logprobs(
