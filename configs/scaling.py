@@ -6,6 +6,9 @@ Usage:
   python -m gptx.main scaling sweep --config=configs/scaling.py --workdir=/tmp/gptx_scaling \
       --config.data.corpus=/tmp/gptx_data
   (actions: sweep | fit | predict; the sweep predicts its held-out largest run before training it)
+  Capability too: add --config.scaling.eval_tasks=TASKS (names, groups or task files; config.eval's samples,
+  temperature, limit and sandbox settings apply): every run is evaluated when it finishes, and the held-out run's
+  −E_P[log pass_rate] = alpha C^-k is predicted beside its loss (config.scaling.capability_task picks the task).
 
 `arg` picks a preset:
   ""      6 widths, d_model 16..64 at a fixed 2 layers, 20 tokens per parameter (Chinchilla), >= 400 steps each:

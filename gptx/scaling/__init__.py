@@ -1,9 +1,19 @@
 """Predictable scaling (GPT-4 report) and compute-optimal allocation (Chinchilla).
 
-`laws`: the fits, bootstrap intervals and predictions; `runs`: sweeps through the training loop and the
+`laws`: the loss fits and predictions; `capability`: the pass-rate law −E_P[log pass_rate] = α·C^−k;
+`intervals` and `profile`: prediction intervals calibrated for few runs (delta-t, profile-t); `evals`: a run's
+end-of-training evaluation; `runs` + `capability_sweep`: sweeps through the training loop and the
 `scaling {sweep,fit,predict}` command.
 """
 
+from gptx.scaling.capability import (
+    CapabilityLaw,
+    PassCounts,
+    fit_capability,
+    measure_capability,
+    pass_counts,
+    predict_capability,
+)
 from gptx.scaling.laws import (
     COMPUTE_GRID,
     EPOCH_GRID,
@@ -39,6 +49,12 @@ from gptx.scaling.runs import (
 )
 
 __all__ = [
+    "CapabilityLaw",
+    "PassCounts",
+    "fit_capability",
+    "measure_capability",
+    "pass_counts",
+    "predict_capability",
     "COMPUTE_GRID",
     "EPOCH_GRID",
     "ChinchillaLaw",

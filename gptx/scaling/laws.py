@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from gptx.scaling import intervals, profile
+
 # The replication's starting grid (their notebook: alpha, beta in arange(0, 2.5, .5), e in arange(-1, 1.5, .5),
 # a, b in arange(0, 30, 5)): 5 * 5 * 5 * 6 * 6 = 4500 starts, in (a, b, e, alpha, beta) order.
 EPOCH_GRID = np.array(
@@ -269,34 +271,46 @@ def bootstrap_chinchilla(
     return [ChinchillaLaw.from_raw(p) for p in raw if np.all(np.isfinite(p))]
 
 
+def _intervals(raw, logx, loss, logx_target, ci: float, boot_values: list[float] | None) -> dict:
+    """The delta-t intervals of a fitted law at one target (gptx.scaling.intervals) and, when resampled, the case
+    bootstrap's, kept for comparison: "interval" covers a measured run, "interval_law" the law's own value."""
+    iv = intervals.lse_interval(np.asarray(raw), logx, np.log(loss), logx_target, ci)
+    out = {"interval": list(iv.new()), "interval_law": list(iv.mean()), "interval_method": "delta-t"}
+    out.update(dof=iv.dof, sigma=iv.sigma, ci=ci)
+    if boot_values:
+        out.update(bootstrap_interval=list(interval(boot_values, ci)), resamples=len(boot_values))
+    return out
+
+
 def predict_compute(compute, loss, target_compute: float, *, resamples=200, seed=0, ci=0.9, delta=1e-3) -> dict:
-    """GPT-4 style prediction of the loss at target_compute from (compute, loss) of smaller runs, with an interval."""
+    """GPT-4 style prediction of the loss at target_compute from (compute, loss) of smaller runs, with intervals:
+    profile-t (gptx.scaling.profile), or delta-t where the profile cannot resolve near noise-free points."""
     fit = fit_compute_law(compute, loss, delta=delta)
-    boots = bootstrap_compute_law(compute, loss, fit, resamples=resamples, seed=seed, delta=delta)
-    lo, hi = interval([b(target_compute) for b in boots], ci)
-    return {
-        "law": "compute",
-        "fit": dataclasses.asdict(fit),
-        "target_compute": float(target_compute),
-        "predicted": float(fit(target_compute)),
-        "interval": [lo, hi],
-        "ci": ci,
-        "resamples": len(boots),
-    }
+    boots = bootstrap_compute_law(compute, loss, fit, resamples=resamples, seed=seed, delta=delta) if resamples else []
+    raw = [_log(fit.a), _log(fit.c), -fit.b]
+    logx = np.log(np.asarray(compute, np.float64))[:, None]
+    out = _intervals(raw, logx, loss, np.log([target_compute]), ci, [b(target_compute) for b in boots])
+    predicted = float(fit(target_compute))
+    fit_sse = float(np.sum((1 - fit(compute) / np.asarray(loss, np.float64)) ** 2))
+    prof = profile.compute_law_intervals(compute, loss, target_compute, predicted, ci, fit_sse)
+    if np.all(np.isfinite(prof["interval"] + prof["interval_law"])):
+        out.update(prof, interval_method="profile-t")
+    return {"law": "compute", "fit": dataclasses.asdict(fit), "target_compute": float(target_compute),
+            "predicted": predicted, **out}  # fmt: skip
 
 
 def predict_chinchilla(n, d, loss, target_n: float, target_d: float, *, resamples=200, seed=0, ci=0.9, delta=1e-3):
-    """The loss of a (target_n, target_d) run from an approach-3 fit on smaller runs, with an interval."""
+    """The loss of a (target_n, target_d) run from an approach-3 fit on smaller runs, with intervals."""
     fit = fit_chinchilla(n, d, loss, delta=delta)
-    boots = bootstrap_chinchilla(n, d, loss, fit, resamples=resamples, seed=seed, delta=delta)
-    lo, hi = interval([b(target_n, target_d) for b in boots], ci)
+    boots = bootstrap_chinchilla(n, d, loss, fit, resamples=resamples, seed=seed, delta=delta) if resamples else []
+    raw = [_log(fit.A), _log(fit.B), _log(fit.E), fit.alpha, fit.beta]
+    logx = np.log(np.stack([np.asarray(n, np.float64), np.asarray(d, np.float64)], axis=1))
+    values = [b(target_n, target_d) for b in boots]
     return {
         "law": "chinchilla",
         "fit": fit.as_dict(),
         "target_n": float(target_n),
         "target_d": float(target_d),
         "predicted": float(fit(target_n, target_d)),
-        "interval": [lo, hi],
-        "ci": ci,
-        "resamples": len(boots),
+        **_intervals(raw, logx, loss, np.log([target_n, target_d]), ci, values),
     }

@@ -16,6 +16,7 @@ from gptx import config as config_lib
 from gptx import flops
 from gptx.errors import ConfigError, DataError
 from gptx.models import GPTConfig
+from gptx.scaling import capability_sweep, evals
 from gptx.scaling.laws import (
     ChinchillaLaw,
     ComputeLaw,
@@ -62,6 +63,8 @@ def validate_scaling(s: ml_collections.ConfigDict) -> None:
         )
     if not 0 <= s.holdout < s.n_sizes or s.smooth_evals <= 0 or not 0 < s.ci < 1:
         raise ConfigError("config.scaling.holdout must be in [0, n_sizes), smooth_evals > 0 and ci in (0, 1)")
+    if s.eval_shots < 0 or s.bootstrap < 0:
+        raise ConfigError(f"config.scaling.eval_shots={s.eval_shots} and bootstrap={s.bootstrap} must be >= 0")
 
 
 def _seq_len(cfg) -> int:
@@ -184,6 +187,10 @@ def train_run(name: str, cfg: ml_collections.ConfigDict, workdir: str) -> dict:
         "wall_s": time.perf_counter() - t0,
         "workdir": run_dir,
     }
+    if cfg.scaling.eval_tasks:
+        t1 = time.perf_counter()
+        row["eval"] = evals.evaluate_run(cfg, run_dir)
+        row["eval_s"] = time.perf_counter() - t1
     if jax.process_index() == 0:
         with open(os.path.join(workdir, RESULTS), "a") as f:
             f.write(json.dumps(row) + "\n")
@@ -206,8 +213,10 @@ def sweep(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
     """Trains every run of the schedule not yet in WORKDIR/results.jsonl, smallest first.
 
     When runs are held out (scaling.holdout) and no external target is set, their loss is predicted from the
-    finished smaller runs before the first of them trains, and compared with the measurement afterwards.
+    finished smaller runs before the first of them trains, and compared with the measurement afterwards. With
+    config.scaling.eval_tasks, every run is evaluated when it finishes and the prediction includes the capability.
     """
+    evals.validate(cfg)  # a task that cannot run fails before the first run trains
     cfg = _shared_tokenizer(cfg, workdir)
     runs = schedule(cfg)
     n_fit = len(runs) - cfg.scaling.holdout
@@ -261,10 +270,12 @@ def predict(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     """Predicts the held-out (or target) runs' final loss from the smaller runs; compares once measured.
 
     The first prediction is frozen in WORKDIR/prediction.json (with the time it was made); later calls only add
-    the measured losses and relative errors, so the file shows the prediction as it was before training.
+    the measured losses and relative errors, so the file shows the prediction as it was before training. When
+    the fitted runs were evaluated on tasks, the capability law's prediction is frozen with it ("capability").
     """
     s = cfg.scaling
-    points, targets = _targets(cfg, read_results(workdir))
+    results = read_results(workdir)
+    points, targets = _targets(cfg, results)
     path = os.path.join(workdir, PREDICTION)
     fit_names = [p["name"] for p in points]
     stored = None
@@ -280,6 +291,8 @@ def predict(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
         if new["measured"] is not None:
             old["rel_error"] = (old["predicted"] - new["measured"]) / new["measured"]
             old["within_interval"] = old["interval"][0] <= new["measured"] <= old["interval"][1]
+    if stored.get("capability"):
+        capability_sweep.add_measurements(stored["capability"], results)
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
         with open(path, "w") as f:
@@ -289,6 +302,11 @@ def predict(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
         measured = "not trained yet" if t["measured"] is None else f"measured {t['measured']:.4f}"
         lo, hi = t["interval"]
         print(f"scaling: {t['name']}: predicted {t['predicted']:.4f} [{lo:.4f}, {hi:.4f}], {measured}")
+    for t in (stored.get("capability") or {}).get("targets", []):
+        measured = "not trained yet" if t.get("measured") is None else f"measured {t['measured']:.4f}"
+        lo, hi = t["interval"]
+        what = f"−E[log pass_rate] predicted {t['predicted']:.4f} [{lo:.4f}, {hi:.4f}]"
+        print(f"scaling: {t['name']}: {what}, {measured}")
     return stored
 
 
@@ -326,6 +344,7 @@ def _new_prediction(s, points: list[dict], targets: list[dict]) -> dict:
         "fit_on": [p["name"] for p in points],
         "made_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "targets": out_targets,
+        "capability": capability_sweep.new_prediction(s, points, targets),
     }
 
 
@@ -348,7 +367,11 @@ def plot_prediction(pred: dict, points: list[dict], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    cap = pred.get("capability") if (pred.get("capability") or {}).get("law") else None
+    fig, axes = plt.subplots(1, 2 if cap else 1, figsize=(13 if cap else 7, 4.5), squeeze=False)
+    ax = axes[0, 0]
+    if cap:
+        capability_sweep.plot(axes[0, 1], cap)
     c = np.array([p["compute"] for p in points])
     ax.plot(c, [p["loss"] for p in points], "o", color="C0", label="runs fitted")
     hi_c = max([t["compute"] for t in pred["targets"]] + list(c))
@@ -382,21 +405,24 @@ def fit_results(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     loss = np.array([r["loss"] for r in rows])
     if s.law == "compute":
         fit = fit_compute_law(c, loss, delta=s.huber_delta)
-        boots = [dataclasses.asdict(b) for b in bootstrap_compute_law(c, loss, fit, resamples=s.bootstrap, seed=s.seed)]
+        boots = bootstrap_compute_law(c, loss, fit, resamples=s.bootstrap, seed=s.seed) if s.bootstrap else []
+        boots = [dataclasses.asdict(b) for b in boots]
         params = dataclasses.asdict(fit)
     else:
         n, d = np.array([r["n_params"] for r in rows]), np.array([r["tokens"] for r in rows])
         keep = drop_highest_losses(loss, s.exclude_highest)
         n, d, loss = n[keep], d[keep], loss[keep]
         fit = fit_chinchilla(n, d, loss, delta=s.huber_delta)
-        boots = [b.as_dict() for b in bootstrap_chinchilla(n, d, loss, fit, resamples=s.bootstrap, seed=s.seed)]
+        boots = bootstrap_chinchilla(n, d, loss, fit, resamples=s.bootstrap, seed=s.seed) if s.bootstrap else []
+        boots = [b.as_dict() for b in boots]
         params = fit.as_dict()
     out = {
         "law": s.law,
         "points": len(loss),
         "params": params,
-        "intervals": {k: interval([b[k] for b in boots], s.ci) for k in params if k != "objective"},
+        "intervals": {k: interval([b[k] for b in boots], s.ci) for k in params if k != "objective"} if boots else {},
         "ci": s.ci,
+        "capability": capability_sweep.fit(s, rows),
     }
     logs.write_json(os.path.join(workdir, "fit.json"), out)
     print(json.dumps(out))
