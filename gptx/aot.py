@@ -11,6 +11,10 @@ How, best first:
   abstract  no compiler for the target (GPUs such as `h100:2x8`, `abstract:N`, TPUs without libtpu): the step is
             traced and lowered on an `AbstractMesh`, which checks every sharding; parameter and optimizer bytes are
             exact (shard shapes), activations are the residuals the backward pass keeps, split over batch shards.
+
+A config for the `ppo` step (configs/ppo.py, or any config with --config.rlhf.stage=ppo) checks InstructGPT's PPO
+iteration instead (gptx/rlhf/aot.py): policy, reference, value and reward model, the reward and value models of
+their own size (config.rlhf.reward_model), scoring and the update compiled as `ppo` runs them.
 """
 
 from __future__ import annotations
@@ -108,6 +112,8 @@ class MemoryReport:
     compile_s: float
     compiler: dict[str, int] = dataclasses.field(default_factory=dict)  # memory_analysis() fields when compiled
     out_of_memory: bool = False  # the target's compiler refused the step
+    parts: dict[str, str] = dataclasses.field(default_factory=dict)  # further lines of the table (PPO: per model)
+    model_bytes: dict[str, int] = dataclasses.field(default_factory=dict)  # PPO: parameter bytes of each model
 
     @property
     def fits(self) -> bool | None:
@@ -139,6 +145,7 @@ class MemoryReport:
         limit = f" of {_size(self.device_memory).strip()}" if self.device_memory else ""
         verdict = {True: "fits", False: "DOES NOT FIT", None: "device memory unknown"}[self.fits]
         rows.append(f"  total        {_size(self.total_bytes)}{limit}: {verdict}")
+        rows += [f"  {name:<12} {line}" for name, line in self.parts.items()]
         if self.note:
             rows.append(f"  note: {self.note}")
         return "\n".join(rows)
@@ -339,7 +346,12 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> MemoryReport:
         raise ConfigError("config.aot.topology is required, e.g. --config.aot.topology=v5e:4x4 (or h100:2x8, cpu:8)")
     target = parse_topology(a.topology, a.num_slices, a.device_memory_gib)
     devices, note = target_devices(target, a.num_slices)
-    report = analyze(cfg, target, devices, note)
+    if cfg.rlhf.stage == "ppo":
+        from gptx.rlhf import aot as rlhf_aot  # late: the PPO step pulls in gptx.rlhf
+
+        report = rlhf_aot.analyze(cfg, target, devices, note)
+    else:
+        report = analyze(cfg, target, devices, note)
     print(report.table())
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, REPORT), "w") as f:

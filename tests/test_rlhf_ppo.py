@@ -92,7 +92,7 @@ def setup(mesh, **rlhf):
     x = jnp.zeros((1, P + N), jnp.int32)
     pi, rm = common.random_params(models.policy, x, seed=0), common.random_params(models.value, x, seed=1)
     with mesh_lib.activation_rules(mesh):
-        init_fn = ppo.make_init_fn(models, cfg, pi, rm, P + N)
+        init_fn = ppo.make_init_fn(models, cfg, pi, rm, P + N, 1.5, -0.3)
         state = ppo.init_sharded(init_fn, mesh, jax.random.key(0, impl="unsafe_rbg"))
         frozen = ppo.make_frozen(models, pi, rm, 1.5, -0.3, mesh, P + N)
     return cfg, models, hp, state, frozen
@@ -295,6 +295,9 @@ class CharTokenizer:
     def encode(self, text):
         return [4 + ord(c) % 60 for c in text]
 
+    def document(self, text):
+        return [self.bos_id, *self.encode(text), self.eos_id]
+
     def decode(self, ids):
         return "".join(chr(32 + i) for i in ids)
 
@@ -361,3 +364,22 @@ def test_sigterm_during_ppo_saves_and_the_resumed_run_equals_an_uninterrupted_on
         jax.device_get(resumed.state.policy.params),
         jax.device_get(full.state.policy.params),
     )
+
+
+def test_whitened_rewards_have_unit_variance_and_keep_their_mean(single):
+    """lm-human-preferences' whiten_rewards: the per-token rewards of the rollout over its real tokens, scaled to
+    unit variance with the mean kept (shift_mean=False), before GAE; numpy reference from the raw rewards."""
+    ep = episodes(6)
+    hp = dataclasses.replace(single.hp, whiten_rewards=True, lam=1.0, gamma=1.0)
+    score = jax.jit(ppo.make_score_fn(single.models, hp))
+    with mesh_lib.activation_rules(single.mesh):
+        rollout, _ = score(single.state, single.frozen, *common.put_rows(single.mesh, ep).values())
+    m = ep["response_mask"]
+    raw = np.zeros((B, N))
+    scores = np.asarray(rollout["episode_score"])[:, 0]  # KL is 0 before any update: only the score is a reward
+    raw[np.arange(B), m.sum(1) - 1] = scores
+    mean, var = raw[m].mean(), raw[m].var()
+    white = np.where(m, (raw - mean) / np.sqrt(var + 1e-8) + mean, 0.0)
+    # With γ = λ = 1 the return at each token is the sum of the rewards from it on.
+    expect = np.where(m, np.cumsum(white[:, ::-1], axis=1)[:, ::-1], 0.0)
+    np.testing.assert_allclose(rollout["returns"], expect, rtol=1e-4, atol=1e-5)

@@ -9,5 +9,8 @@ all K-choose-2 comparisons of a prompt as one batch element (`reward`), and PPO-
   objective.py  PPO's formulas: per-token KL rewards, GAE, whitening, clipped losses, the KL controller
   ppo.py      the algorithm: the four models, scoring a rollout, the minibatch update with PPO-ptx
   ppo_run.py  the `ppo` command: prompts, one iteration per step of the training loop, held-out evaluation
-  recipes.py  the steps' default configs (configs/{sft,rm,ppo}.py) and their `:demo` offline sentiment task
+  sizes.py    the reward (and value) model's own shape: a paper size, a workdir's, or the policy's
+  aot.py      the `aot` memory check of one PPO iteration, each model at its own size
+  recipes.py  the steps' default configs (configs/{sft,rm,ppo}.py), their `:demo` offline sentiment task and the
+              `:hh` human-data path sized for 2 CPU cores
 """

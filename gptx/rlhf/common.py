@@ -98,6 +98,32 @@ def load_params(workdir: str, mesh: Mesh, target: Any, *, key: str = "", what: s
     return params
 
 
+def place(params: Any, shardings: Any) -> Any:
+    """`params` in `shardings`: each leaf already there is kept as it is (no copy), the others are moved."""
+    keep = lambda x, s: x if getattr(x, "sharding", None) == s else jax.device_put(x, s)
+    return jax.tree.map(keep, params, shardings)
+
+
+def grow_to(model: nn.Module, params: Any, mesh: Mesh, seq_len: int, seed: int = 0) -> Any:
+    """`params` of a checkpoint as `model` needs them: a smaller token table grown to the model's vocabulary
+    (`checkpoints.merge_params`), every leaf in the model's sharding. Params that already fit are returned as
+    they are, without a copy; otherwise the grown tree is computed in one jit whose inputs are its arguments
+    (never constants of the program, which would sit whole on every device)."""
+    target = checkpoints.abstract_params(model, jnp.zeros((1, seq_len), jnp.int32))
+    want = jax.tree.map(lambda x: x.shape, mesh_lib.strip_annotations(target))
+    have = jax.tree.map(lambda x: x.shape, params)
+    shardings = mesh_lib.tree_shardings(mesh, target)
+    if want == have:
+        return place(params, shardings)
+    std = model.cfg.init_std
+
+    def grow(p, rng):
+        return mesh_lib.strip_annotations(checkpoints.merge_params(target, p, rng, std))
+
+    with mesh_lib.activation_rules(mesh):
+        return jax.jit(grow, out_shardings=shardings)(params, jax.random.key(seed))
+
+
 def load_init(cfg: ml_collections.ConfigDict, mesh: Mesh, model: nn.Module, key: str = "") -> Any | None:
     """The params of config.rlhf.init_from (the previous stage) for `model`'s GPT body, or None for a random init.
 

@@ -312,8 +312,12 @@ def batches(
     return ds.map(_Encode(encode)).to_iter_dataset().batch(local, drop_remainder=True)
 
 
-def validate(cfg: ml_collections.ConfigDict) -> None:
-    """ConfigError naming the key for an rlhf section that cannot run (shared by sft, rm and ppo)."""
+NORMS = ("reference", "demonstrations")
+
+
+def validate(cfg: ml_collections.ConfigDict, command: str) -> None:
+    """ConfigError naming the key for an rlhf section that `command` (sft, rm or ppo) cannot run with; the PPO
+    settings are checked for ppo only."""
     r = cfg.rlhf
     for key, choices in (("demonstrations", DEMONSTRATIONS), ("comparisons", COMPARISONS), ("prompts", PROMPTS)):
         if r[key] not in choices:
@@ -330,7 +334,9 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         )
     if r.temperature <= 0:
         raise ConfigError(f"config.rlhf.temperature={r.temperature} must be > 0 (PPO samples its rollouts)")
-    if r.rollout_batch % r.minibatch:
+    if r.reward_norm not in NORMS:
+        raise ConfigError(f"config.rlhf.reward_norm={r.reward_norm!r} is not one of {', '.join(NORMS)}")
+    if command == "ppo" and r.rollout_batch % r.minibatch:
         raise ConfigError(
             f"config.rlhf.rollout_batch={r.rollout_batch} is not divisible by rlhf.minibatch={r.minibatch}"
         )

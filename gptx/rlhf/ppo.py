@@ -12,6 +12,7 @@ One iteration:
                   r_T += gain · RM(x, y) + bias                   at the last real token (EOS, or the last
                                                                    token of a response cut at the length limit)
 
+              optionally whitened to unit variance over the rollout (lm-human-preferences' whiten_rewards),
               then GAE (γ = 1, λ = 0.95) advantages, returns = advantages + values, whitened advantages;
   update      several epochs of shuffled minibatches, each one step of the clipped PPO objective (ε = 0.2) for
               the policy and the clipped value loss for the value model; PPO-ptx adds γ_ptx times the LM loss of
@@ -24,6 +25,12 @@ EOS is truncated at max_response_len and, optionally, penalised (rlhf.missing_eo
 
 The four models share the one mesh: the policy (from SFT) and the value model (from the RM) are trained
 TrainStates, the reference (SFT) and the reward model are frozen params; all shardings come from gptx/mesh.py.
+Policy and reference have the SFT model's shape, the reward and value models the reward model's own
+(config.rlhf.reward_model, gptx/rlhf/sizes.py), as InstructGPT trained 1.3B-175B policies against a 6B RM. The
+value model starts from the RM with its gain and bias folded into the head (`heads.fold_affine`), so its first
+values are on the scale of the normalised rewards. Four copies of parameters exist: the two trained models and
+the two frozen ones; the reference is the SFT checkpoint as restored, and the initial policy and value params are
+built from the frozen ones inside one jitted init (never as constants of the program).
 The command (prompts, the iteration plugged into the training loop, evaluation) is gptx/rlhf/ppo_run.py.
 """
 
@@ -35,6 +42,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from flax import linen as nn
 from flax import struct
@@ -43,8 +51,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from gptx import mesh as mesh_lib
 from gptx import sample
 from gptx.models import GPT, GPTConfig
-from gptx.models.heads import RewardModel
-from gptx.rlhf import common, reward
+from gptx.models.heads import RewardModel, fold_affine
+from gptx.rlhf import common, reward, sizes
 from gptx.rlhf.objective import gae, kl_rewards, policy_loss, update_kl_coef, value_loss, whiten
 from gptx.train import checkpoints, lm
 from gptx.train.state import TrainState, make_optimizer
@@ -64,6 +72,7 @@ class PPOConfig:
     cliprange: float
     cliprange_value: float
     whiten_advantages: bool
+    whiten_rewards: bool
     ptx_coef: float
     ppo_epochs: int
     n_minibatches: int
@@ -84,6 +93,7 @@ class PPOConfig:
             cliprange=r.cliprange,
             cliprange_value=r.cliprange_value,
             whiten_advantages=r.whiten_advantages,
+            whiten_rewards=r.whiten_rewards,
             ptx_coef=r.ptx_coef,
             ppo_epochs=r.ppo_epochs,
             n_minibatches=r.rollout_batch // r.minibatch,
@@ -112,7 +122,8 @@ class PPOState(struct.PyTreeNode):
 
 @dataclasses.dataclass(frozen=True)
 class Models:
-    """The two networks of the four models: the policy/reference GPT and the value/reward RewardModel."""
+    """The two networks of the four models: the policy/reference GPT and the value/reward RewardModel (each of
+    its own shape)."""
 
     policy: GPT
     value: RewardModel
@@ -165,6 +176,8 @@ def make_score_fn(models: Models, hp: PPOConfig):
         normalised = frozen["gain"] * raw + frozen["bias"]
         score = normalised - hp.missing_eos_penalty * (~has_eos)
         rewards, kl = kl_rewards(score, logp * m, ref_logp * m, rmask, state.kl_coef)
+        if hp.whiten_rewards:  # the scale, not the mean: a constant reward still means something
+            rewards = whiten(rewards, rmask, shift_mean=False)
         advantages, returns = gae(rewards, values, rmask, hp.gamma, hp.lam)
         if hp.whiten_advantages:
             advantages = whiten(advantages, rmask)
@@ -274,16 +287,19 @@ def make_update_fn(models: Models, hp: PPOConfig):
 # Set-up on the mesh
 
 
-def make_init_fn(models: Models, cfg: ml_collections.ConfigDict, sft_params, rm_params, seq_len: int):
-    """rng -> PPOState with annotated params: the policy from SFT, the value model from the RM (random when
-    either is None), β = rlhf.kl_coef. The policy follows config.train (lr, schedule over all PPO steps); the
-    value model the same with lr = rlhf.value_lr."""
+def make_init_fn(
+    models: Models, cfg: ml_collections.ConfigDict, sft_params, rm_params, seq_len: int, gain=1.0, bias=0.0
+):
+    """rng -> PPOState with annotated params: the policy from SFT, the value model from the RM with gain and
+    bias folded into its head, so that V starts on the normalised reward scale (random when either is None),
+    β = rlhf.kl_coef. The policy follows config.train (lr, schedule over all PPO steps); the value model the same
+    with lr = rlhf.value_lr. The params are read inside the init, so its output is the only new copy."""
     r = cfg.rlhf
     t = cfg.train.copy_and_resolve_references()
     t.steps = max(1, r.iterations * r.ppo_epochs * (r.rollout_batch // r.minibatch))
     tv = t.copy_and_resolve_references()
     tv.lr = r.value_lr
-    dummy = jnp.zeros((1, seq_len), jnp.int32)
+    dummy = np.zeros((1, seq_len), np.int32)  # numpy: nothing runs on devices of a compile-only topology
     tx_policy, tx_value = make_optimizer(t), make_optimizer(tv)  # built once: the state's static metadata
 
     def init_fn(rng: jax.Array) -> PPOState:
@@ -293,7 +309,7 @@ def make_init_fn(models: Models, cfg: ml_collections.ConfigDict, sft_params, rm_
         if sft_params is not None:
             pi = checkpoints.merge_params(pi, sft_params, k_grow, models.policy.cfg.init_std)
         if rm_params is not None:
-            v = checkpoints.merge_params(v, rm_params, k_grow, models.policy.cfg.init_std)
+            v = checkpoints.merge_params(v, fold_affine(rm_params, gain, bias), k_grow, models.value.cfg.init_std)
         return PPOState(
             policy=TrainState.create(apply_fn=models.policy.apply, params=pi, tx=tx_policy),
             value=TrainState.create(apply_fn=models.value.apply, params=v, tx=tx_value),
@@ -310,10 +326,11 @@ def init_sharded(init_fn, mesh: Mesh, rng: jax.Array) -> PPOState:
 
 
 def make_frozen(models: Models, ref_params, rm_params, gain: float, bias: float, mesh: Mesh, seq_len: int):
-    """The frozen half: reference GPT and reward model params sharded like the trained ones, gain and bias."""
+    """The frozen half: reference GPT and reward model params sharded like the trained ones, gain and bias.
+    Params already in their shardings (as restored) are kept as they are: no copy."""
     return {
-        "ref": jax.device_put(ref_params, reward.param_shardings(models.policy, mesh, seq_len)),
-        "reward": jax.device_put(rm_params, reward.param_shardings(models.value, mesh, seq_len)),
+        "ref": common.place(ref_params, reward.param_shardings(models.policy, mesh, seq_len)),
+        "reward": common.place(rm_params, reward.param_shardings(models.value, mesh, seq_len)),
         "gain": jnp.asarray(gain, jnp.float32),
         "bias": jnp.asarray(bias, jnp.float32),
     }
@@ -345,9 +362,11 @@ def compile_steps(models: Models, hp: PPOConfig, mesh: Mesh, state_shardings) ->
 
 
 def ppo_models(cfg: ml_collections.ConfigDict) -> Models:
-    """Policy/reference GPT and value/reward model of config.model, dropout off (PPO's log-probs and values
-    must be those of the deterministic networks, in rollouts and updates alike)."""
-    model_cfg = cfg.model.copy_and_resolve_references()
-    model_cfg.update(dropout=0.0, attn_dropout=0.0)
-    gcfg = GPTConfig.from_config(model_cfg)
-    return Models(policy=GPT(gcfg), value=RewardModel(gcfg))
+    """Policy/reference GPT of config.model and value/reward model of the reward model's own shape
+    (config.rlhf.reward_model, else the one saved with rlhf.reward_from, else the policy's), dropout off (PPO's
+    log-probs and values must be those of the deterministic networks, in rollouts and updates alike)."""
+    policy_cfg = cfg.model.copy_and_resolve_references()
+    rm_cfg = sizes.reward_model_config(cfg, cfg.rlhf.reward_from)
+    for m in (policy_cfg, rm_cfg):
+        m.update(dropout=0.0, attn_dropout=0.0)
+    return Models(policy=GPT(GPTConfig.from_config(policy_cfg)), value=RewardModel(GPTConfig.from_config(rm_cfg)))

@@ -25,7 +25,7 @@ from gptx import mesh as mesh_lib
 from gptx import sample
 from gptx.data import loader, sources
 from gptx.models import GPT
-from gptx.rlhf import common, data, labeler, reward
+from gptx.rlhf import common, data, labeler, reward, sizes
 from gptx.rlhf.ppo import (
     Models,
     PPOConfig,
@@ -165,14 +165,15 @@ class Iteration:
 def make_trainer(
     cfg, models: Models, hp: PPOConfig, tok, *, train_prompts: list[str], sft_params, rm, mesh: Mesh
 ) -> loop.Trainer:
-    """The PPO Trainer: the policy from SFT, the value model from the RM, one iteration per loop step."""
+    """The PPO Trainer: the policy from SFT, the value model from the RM (gain and bias folded in), one iteration
+    per loop step. sft_params become the frozen reference; the trained policy is the init's copy of them."""
     r = cfg.rlhf
     seq_len = r.max_prompt_len + r.max_response_len
     with mesh_lib.activation_rules(mesh):
         frozen = make_frozen(models, sft_params, rm.params, rm.gain, rm.bias, mesh, seq_len)
     iteration = Iteration(models, hp, frozen, tok, PromptStream(train_prompts, r.rollout_batch, r.seed), mesh, r)
     return loop.Trainer(
-        init_fn=make_init_fn(models, cfg, sft_params, rm.params, seq_len),
+        init_fn=make_init_fn(models, cfg, frozen["ref"], frozen["reward"], seq_len, rm.gain, rm.bias),
         iteration=iteration,
         train_data=ptx_dataset(cfg, tok, train=True) if r.ptx_coef > 0 else None,
         tokens_per_step=r.rollout_batch * r.max_response_len,
@@ -182,7 +183,7 @@ def make_trainer(
 
 def run(cfg: ml_collections.ConfigDict, workdir: str, mesh: Mesh | None = None) -> dict[str, Any]:
     """`gptx.main ppo`: PPO(-ptx) of the SFT policy (rlhf.init_from) against the RM (rlhf.reward_from)."""
-    data.validate(cfg)
+    data.validate(cfg, "ppo")
     r = cfg.rlhf
     if not r.init_from or not r.reward_from:
         raise config_lib.ConfigError("ppo needs config.rlhf.init_from (SFT workdir) and config.rlhf.reward_from (RM)")
@@ -190,13 +191,21 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, mesh: Mesh | None = None) 
     mesh = mesh or mesh_lib.make_mesh(cfg.mesh)
     tok = common.resolve_tokenizer(cfg, workdir)
     models = ppo_models(cfg)
+    if models.value.cfg.n_head % mesh.shape["tensor"]:
+        raise config_lib.ConfigError(
+            f"the reward model's {models.value.cfg.n_head} heads do not split over config.mesh.tensor="
+            f"{mesh.shape['tensor']}"
+        )
+    logging.info("policy %s, reward and value model %s", sizes.describe(cfg.model), sizes.describe(models.value.cfg))
     hp = PPOConfig.from_config(r, tok.eos_id)
     prompts, source = data.prompts(cfg)
     train_p, test_p = data.split_by_prompt(prompts, r.test_fraction, r.seed)
     logging.info("%s: %d training / %d held-out prompts", source, len(train_p), len(test_p))
 
-    sft_params = common.load_init(cfg, mesh, models.policy)
-    rm = reward.load_reward(r.reward_from, cfg, mesh)
+    # Restored straight into their shardings; the reference is this copy, grown only if SFT's vocabulary is smaller.
+    seq_len = r.max_prompt_len + r.max_response_len
+    sft_params = common.grow_to(models.policy, common.load_init(cfg, mesh, models.policy), mesh, seq_len, r.seed)
+    rm = reward.load_reward(r.reward_from, cfg, mesh, models.value)
     trainer = make_trainer(cfg, models, hp, tok, train_prompts=train_p, sft_params=sft_params, rm=rm, mesh=mesh)
     run_cfg = cfg.copy_and_resolve_references()
     run_cfg.train.update(steps=r.iterations, log_every=1)  # a loop step is one iteration; each is logged

@@ -1,7 +1,9 @@
 """InstructGPT's three steps as configs: each step's default recipe for the demo-sized model (RECIPES; the base of
-configs/{sft,rm,ppo}.py) and the overrides of their `:demo` argument (DEMO): lm-human-preferences' offline task
-"continue positively" on the bundled corpus, ranked by the VADER labeler. The demo's `rlhf` stage
-(gptx/demo/rlhf.py) runs the three steps with these configs.
+configs/{sft,rm,ppo}.py) and the overrides of their arguments: `:demo` (DEMO), lm-human-preferences' offline task
+"continue positively" on the bundled corpus, ranked by the VADER labeler, which the demo's `rlhf` stage
+(gptx/demo/rlhf.py) runs; `:hh` (HH), the human-data path sized to train on 2 CPU cores in about half an hour:
+SFT on the self-instruct demonstrations, the RM on HH-RLHF comparisons, PPO on HH-RLHF prompts (README,
+"InstructGPT").
 """
 
 from __future__ import annotations
@@ -125,6 +127,40 @@ DEMO = {
         },
     },
 }
+# `:hh`: the human-data path at the demo model's size (4 layers x 128), pretrained on a plain-text corpus
+# (config.data.corpus, also PPO-ptx's pretraining data). Lengths fit HH-RLHF's last turns into 128 tokens.
+_HH_LENGTHS = {"max_prompt_len": 80, "max_response_len": 48}
+HH = {
+    "sft": {
+        "data": {"seq_len": 128},
+        "train": {"batch_size": 16, "lr": 3e-4, "eval_every": 40, "ckpt_every": 40, "log_every": 10},
+        "rlhf": {"demonstrations": "self_instruct", "prompts": "self_instruct", "epochs": 8.0, **_HH_LENGTHS},
+    },
+    "rm": {
+        "data": {"seq_len": 128},
+        "train": {"batch_size": 16, "lr": 5e-5, "eval_every": 65, "log_every": 10},
+        "rlhf": {"comparisons": "hh_rlhf", "epochs": 1.0, "norm_samples": 128, "rollout_batch": 64, **_HH_LENGTHS},
+    },
+    "ppo": {
+        "data": {"seq_len": 128},
+        "train": {"lr": 1e-5, "log_every": 1, "ckpt_every": 10},
+        "rlhf": {
+            "prompts": "hh_rlhf",
+            "comparisons": "hh_rlhf",
+            "iterations": 30,
+            "rollout_batch": 64,
+            "minibatch": 16,
+            "kl_coef": 0.1,
+            "kl_target": 6.0,
+            "kl_horizon": 2000,
+            "value_lr": 5e-5,
+            "ptx_batch": 8,
+            "eval_prompts": 128,
+            **_HH_LENGTHS,
+        },
+    },
+}
+ARGS = {"demo": DEMO, "hh": HH}
 DEMO_MODEL = {
     "name": "demo",
     "arch": "gpt2",
@@ -144,12 +180,14 @@ def apply(c: ml_collections.ConfigDict, overrides: dict) -> ml_collections.Confi
 
 
 def step_config(step: str, arg: str = "") -> ml_collections.ConfigDict:
-    """The config of `configs/{step}.py[:arg]`: the demo model, the step's recipe, the demo task for 'demo'."""
-    if arg not in ("", "demo"):
-        raise ValueError(f"configs/{step}.py takes no argument or 'demo', got {arg!r}")
+    """The config of `configs/{step}.py[:arg]`: the demo model, the step's recipe, and the overrides of `arg`
+    ("demo": the offline sentiment task; "hh": the human-data path sized for 2 CPU cores)."""
+    if arg and arg not in ARGS:
+        raise ValueError(f"configs/{step}.py takes no argument or one of {', '.join(ARGS)}, got {arg!r}")
     c = default()
     c.model.update(DEMO_MODEL)
     c.tokenizer.vocab_size = DEMO_MODEL["vocab_size"]
     c.mesh.update(data=-1, fsdp=1, tensor=1)
+    c.rlhf.stage = step
     apply(c, RECIPES[step])
-    return apply(c, DEMO[step]) if arg == "demo" else c
+    return apply(c, ARGS[arg][step]) if arg else c

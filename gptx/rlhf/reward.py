@@ -11,9 +11,18 @@ overfit within one epoch, while one element per prompt needs a single forward pa
 instead of K(K-1)) and does not overfit. Each element holds the K responses [K, T] and the winner/loser indices
 of its pairs; responses that tie give no pair (the normaliser counts the pairs present).
 
-After training, a gain and bias make the scores of reference samples (SFT samples on training prompts) have
-mean 0 and standard deviation 1, as lm-human-preferences and InstructGPT do, so that the KL coefficient of PPO
-means the same thing for any RM. Reported: pairwise accuracy on held-out comparisons.
+The RM loss is invariant to a shift of the reward, so after training the reward is normalised, one of two ways
+(config.rlhf.reward_norm):
+
+  reference       lm-human-preferences: a gain and bias give the scores of reference samples (SFT samples on
+                  training prompts) mean 0 and standard deviation 1, so that PPO's KL coefficient means the same
+                  thing for any RM;
+  demonstrations  InstructGPT (Sec. 3.5): gain 1 and a bias that gives the labelers' demonstrations (those of
+                  config.rlhf.demonstrations, SFT's training data) a mean score of 0; the scale stays the RM's own.
+
+The RM has a shape of its own (config.rlhf.reward_model, gptx/rlhf/sizes.py); its trunk starts from
+config.rlhf.init_from, an SFT or pretrained run of that shape, and training from random weights must be asked for
+(config.rlhf.allow_random_init). Reported: pairwise accuracy on held-out comparisons with its 95% interval.
 """
 
 from __future__ import annotations
@@ -40,7 +49,7 @@ from gptx.config import ConfigError
 from gptx.data import tokenizer as tokenizer_lib
 from gptx.models import GPT, GPTConfig
 from gptx.models.heads import RewardModel
-from gptx.rlhf import common, data, labeler
+from gptx.rlhf import common, data, labeler, sizes
 from gptx.train import checkpoints, integrity, logs, loop
 from gptx.train import step as step_lib
 from gptx.train.state import TrainState, lr_schedule, make_optimizer
@@ -134,11 +143,22 @@ def make_init_fn(model: RewardModel, tx, seq_len: int, sft_params: Any | None):
     return init_fn
 
 
-def normalisation(raw_scores: np.ndarray) -> dict[str, float]:
-    """Gain and bias with gain·r + bias of mean 0 and std 1 over the reference samples' raw scores."""
+def normalisation(raw_scores: np.ndarray, scale: bool = True) -> dict[str, float]:
+    """Gain and bias with gain·r + bias of mean 0 over the samples' raw scores, and std 1 when `scale`
+    (lm-human-preferences); without `scale` the gain is 1 and only the bias moves (InstructGPT)."""
     mean, std = float(np.mean(raw_scores)), float(np.std(raw_scores))
-    gain = 1.0 / max(std, 1e-8)
+    gain = 1.0 / max(std, 1e-8) if scale else 1.0
     return {"gain": gain, "bias": -mean * gain, "mean": mean, "std": std, "samples": int(len(raw_scores))}
+
+
+def wilson_interval(successes: float, n: float, z: float = 1.959964) -> tuple[float, float]:
+    """The Wilson score interval (95% by default) of a proportion successes / n; (0, 1) when n is 0."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(centre - half), float(centre + half)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -193,9 +213,12 @@ def pack_sequences(tok, prompts, response_ids, length: int, max_prompt_len: int)
     return tokens, mask
 
 
-def load_reward(workdir: str, cfg: ml_collections.ConfigDict, mesh: Mesh) -> LoadedReward:
-    """The reward model of an `rm` run: params (sharded on `mesh`) and its normalisation."""
-    model = RewardModel(GPTConfig.from_config(cfg.model))
+def load_reward(
+    workdir: str, cfg: ml_collections.ConfigDict, mesh: Mesh, model: RewardModel | None = None
+) -> LoadedReward:
+    """The reward model of an `rm` run: params restored straight into their shardings on `mesh` and its
+    normalisation. model: the RewardModel to load into (default: the reward model's shape, sizes.py)."""
+    model = model or RewardModel(GPTConfig.from_config(sizes.reward_model_config(cfg, workdir)))
     norm_path = os.path.join(workdir, NORM)
     if not os.path.exists(norm_path):
         raise FileNotFoundError(f"{norm_path} not found: config.rlhf.reward_from must be an `rm` workdir")
@@ -204,6 +227,7 @@ def load_reward(workdir: str, cfg: ml_collections.ConfigDict, mesh: Mesh) -> Loa
     target = checkpoints.abstract_params(model, jnp.zeros((1, config_lib.seq_len(cfg)), jnp.int32))
     with mesh_lib.activation_rules(mesh):
         params = common.load_params(workdir, mesh, target, what="a reward model's workdir")
+    params = common.grow_to(model, params, mesh, config_lib.seq_len(cfg))
     return LoadedReward(model, params, float(norm["gain"]), float(norm["bias"]))
 
 
@@ -311,13 +335,22 @@ def accuracy(model: RewardModel, params, comps, encode, batch_size: int, mesh: M
             n_pairs = float(np.sum(batch["pair_mask"] * batch["weight"]))
             right, pairs = right + float(m["accuracy"]) * n_pairs, pairs + n_pairs
             loss, elements = loss + float(total), elements + float(n)
-    return {"pairwise_accuracy": right / max(pairs, 1.0), "loss": loss / max(elements, 1.0), "pairs": int(pairs)}
+    low, high = wilson_interval(right, pairs)
+    return {
+        "pairwise_accuracy": right / max(pairs, 1.0),
+        "ci95": [low, high],
+        "loss": loss / max(elements, 1.0),
+        "pairs": int(pairs),
+    }
 
 
 def run(cfg: ml_collections.ConfigDict, workdir: str, mesh: Mesh | None = None) -> dict[str, Any]:
-    """`gptx.main rm`: trains the reward model, normalises it on SFT samples, reports held-out accuracy."""
-    data.validate(cfg)
+    """`gptx.main rm`: trains the reward model, normalises it (config.rlhf.reward_norm), reports held-out
+    accuracy. The model is init_from's (an SFT or pretrained run) with config.rlhf.reward_model's shape, if set."""
+    data.validate(cfg, "rm")
+    require_init(cfg)
     cfg = integrity.with_model_of(cfg, cfg.rlhf.init_from, grow_vocab=True)
+    cfg.model = sizes.reward_model_config(cfg)
     mesh = mesh or mesh_lib.make_mesh(cfg.mesh)
     tok = common.resolve_tokenizer(cfg, workdir)
     os.makedirs(workdir, exist_ok=True)
@@ -331,6 +364,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, mesh: Mesh | None = None) 
     trainer, model = make_trainer(run_cfg, tok, k, train, test, sft_params)
     result = loop.train(trainer, run_cfg, workdir, mesh)
     params = result.state.params
+    del trainer, sft_params  # the initial trunk is not needed again: free it before sampling
 
     seq_len = config_lib.seq_len(cfg)
 
@@ -339,7 +373,10 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, mesh: Mesh | None = None) 
 
     held_out = accuracy(model, params, test, encode, cfg.train.batch_size, mesh)
     on_train = accuracy(model, params, train[:512], encode, cfg.train.batch_size, mesh)
-    norm = reference_normalisation(cfg, model, params, tok, train, mesh)
+    if r.reward_norm == "demonstrations":
+        norm = demonstration_normalisation(cfg, model, params, tok, mesh)
+    else:
+        norm = reference_normalisation(cfg, model, params, tok, train, mesh)
     out = {
         **report,
         "train_comparisons": len(train),
@@ -354,10 +391,35 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, mesh: Mesh | None = None) 
     logs.write_json(os.path.join(workdir, RESULTS), out)
     if jax.process_index() == 0:
         print(
-            f"rm: held-out pairwise accuracy {held_out['pairwise_accuracy']:.4f} on {held_out['pairs']} pairs "
+            f"rm: held-out pairwise accuracy {held_out['pairwise_accuracy']:.4f} "
+            f"(95% interval {held_out['ci95'][0]:.3f}-{held_out['ci95'][1]:.3f}) on {held_out['pairs']} pairs "
             f"(train sample {on_train['pairwise_accuracy']:.4f}); gain {norm['gain']:.4f} bias {norm['bias']:.4f}"
         )
     return out
+
+
+def require_init(cfg: ml_collections.ConfigDict) -> None:
+    """ConfigError unless the reward model starts from a trained model or random weights are asked for: an RM
+    trained from scratch on a few thousand comparisons learns little, and nothing else says it was."""
+    if not cfg.rlhf.init_from and not cfg.rlhf.allow_random_init:
+        raise ConfigError(
+            "rm needs config.rlhf.init_from (the workdir of an SFT or pretrained run to start the reward model from); "
+            "to train it from random weights, pass --config.rlhf.allow_random_init=True"
+        )
+
+
+def demonstration_normalisation(cfg, model: RewardModel, params, tok, mesh: Mesh) -> dict[str, Any]:
+    """InstructGPT's convention: gain 1 and the bias that gives the demonstrations (config.rlhf.demonstrations,
+    up to rlhf.norm_samples of them) a mean score of 0."""
+    r = cfg.rlhf
+    demos = data.demonstrations(cfg).examples
+    demos = [demos[i] for i in np.random.default_rng(r.seed).permutation(len(demos))[: r.norm_samples]]
+    ids = [data.encode_response(tok, d.response, r.max_response_len) for d in demos]
+    length = r.max_prompt_len + r.max_response_len
+    tokens, mask = pack_sequences(tok, [d.prompt for d in demos], ids, length, r.max_prompt_len)
+    with mesh_lib.activation_rules(mesh):
+        raw = LoadedReward(model, params, 1.0, 0.0).raw_scores(tokens, mask, mesh, r.rollout_batch)
+    return {**normalisation(raw, scale=False), "reference": f"{len(demos)} demonstrations ({r.demonstrations})"}
 
 
 def reference_normalisation(cfg, model: RewardModel, params, tok, train, mesh: Mesh) -> dict[str, Any]:

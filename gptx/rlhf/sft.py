@@ -78,7 +78,7 @@ def make_trainer(
 
 def run(cfg: ml_collections.ConfigDict, workdir: str, mesh: Mesh | None = None) -> dict[str, Any]:
     """`gptx.main sft`: fine-tunes on the configured demonstrations; writes WORKDIR/sft_results.json."""
-    data.validate(cfg)
+    data.validate(cfg, "sft")
     cfg = integrity.with_model_of(cfg, cfg.rlhf.init_from, grow_vocab=True)
     mesh = mesh or mesh_lib.make_mesh(cfg.mesh)
     tok = common.resolve_tokenizer(cfg, workdir)
