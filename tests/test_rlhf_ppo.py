@@ -179,7 +179,8 @@ def test_before_any_update_ratio_is_one_and_kl_zero_on_left_padded_prompts(singl
     real = ep["prompt"][b][ep["prompt_mask"][b]]
     alone = jnp.asarray(np.concatenate([real, ep["response"][b]]))[None]
     logits = jax.jit(single.models.policy.apply)({"params": single.state.policy.params}, alone)
-    logp, _ = common.token_logprobs(logits[:, -N - 1 : -1], alone[:, -N:], single.hp.temperature)
+    logp_all = jax.nn.log_softmax(logits[:, -N - 1 : -1] / single.hp.temperature)  # every logit at once
+    logp = jnp.take_along_axis(logp_all, alone[:, -N:, None], axis=-1)[..., 0]
     np.testing.assert_allclose(rollout["logprobs"][b], logp[0] * ep["response_mask"][b], rtol=1e-5, atol=1e-6)
     # Tokens after EOS carry nothing: a zero advantage, return, log-prob and value.
     after = ~ep["response_mask"]

@@ -28,10 +28,14 @@ def test_chunked_logprobs_and_gradients_equal_the_full_logits(chunk):
     targets = jax.random.randint(ky, (b, t), 0, v)
     weights = jax.random.uniform(kg, (b, t))
 
-    logp, greedy = vocab_tiling.token_logprobs(hidden, wte, targets, chunk=chunk, temperature=0.7)
+    logp, greedy, entropy = vocab_tiling.token_logprobs(
+        hidden, wte, targets, chunk=chunk, temperature=0.7, entropy=True
+    )
     ref, logits = _full_logprobs(hidden, wte, targets, 0.7)
     np.testing.assert_allclose(logp, ref, atol=1e-5, rtol=1e-5)
     np.testing.assert_array_equal(greedy, jnp.argmax(logits, -1) == targets)
+    p = jax.nn.softmax(logits, -1)
+    np.testing.assert_allclose(entropy, -jnp.sum(p * jnp.log(p), -1), atol=1e-5, rtol=1e-5)  # -sum p log p
 
     def loss(fn):
         return lambda h, w: jnp.sum(fn(h, w) * weights)

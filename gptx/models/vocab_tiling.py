@@ -19,20 +19,31 @@ from gptx.models.attention import token_einsum
 
 
 def _chunk_logprobs(
-    hidden: jax.Array, wte: jax.Array, targets: jax.Array, temperature: float
-) -> tuple[jax.Array, jax.Array]:
-    """(log p(target) [B, C] f32, target is the argmax [B, C] bool) from hidden [B, C, D] and the tied table [V, D]."""
+    hidden: jax.Array, wte: jax.Array, targets: jax.Array, temperature: float, entropy: bool = False
+) -> tuple[jax.Array, ...]:
+    """(log p(target) [B, C] f32, target is the argmax [B, C] bool[, entropy [B, C] f32 nats]) from hidden
+    [B, C, D] and the tied table [V, D]."""
     logits = token_einsum("btd,vd->btv", hidden, wte.astype(hidden.dtype))
     logits = nn.with_logical_constraint(logits, ("batch", "length", "act_vocab")).astype(jnp.float32)
     logits = logits / temperature
     target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    logp = target_logit - jax.nn.logsumexp(logits, axis=-1)
-    return logp, jnp.argmax(logits, axis=-1) == targets  # the first maximum on ties, as argmax everywhere
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    greedy = jnp.argmax(logits, axis=-1) == targets  # the first maximum on ties, as argmax everywhere
+    if not entropy:
+        return target_logit - lse, greedy
+    p = jax.nn.softmax(logits, axis=-1)
+    return target_logit - lse, greedy, lse - jnp.sum(p * logits, axis=-1)  # H = logsumexp - E_p[logit]
 
 
 def token_logprobs(
-    hidden: jax.Array, wte: jax.Array, targets: jax.Array, *, chunk: int = 0, temperature: float = 1.0
-) -> tuple[jax.Array, jax.Array]:
+    hidden: jax.Array,
+    wte: jax.Array,
+    targets: jax.Array,
+    *,
+    chunk: int = 0,
+    temperature: float = 1.0,
+    entropy: bool = False,
+) -> tuple[jax.Array, ...]:
     """log p(targets) under logits = hidden @ wte.T / temperature, computed `chunk` positions at a time.
 
     Args:
@@ -40,12 +51,16 @@ def token_logprobs(
       wte: the tied token embedding [V, D]; cast to hidden's dtype as the model's own head does.
       targets: token ids [B, T].
       chunk: positions per chunk; 0 or >= T computes all logits at once.
+      temperature: the distribution is softmax(logits / temperature) (PPO scores its rollouts' sampling
+        distribution).
+      entropy: also return each position's entropy (PPO's entropy bonus and diagnostics).
     Returns:
-      (log-probabilities [B, T] float32 in nats, greedy [B, T] bool: the target is an argmax of its logits).
+      (log-probabilities [B, T] float32 in nats, greedy [B, T] bool: the target is the argmax of its logits,
+      and with `entropy` the entropies [B, T] float32 in nats).
     """
     b, t, d = hidden.shape
     if chunk <= 0 or chunk >= t:
-        return _chunk_logprobs(hidden, wte, targets, temperature)
+        return _chunk_logprobs(hidden, wte, targets, temperature, entropy)
     n = -(-t // chunk)
     pad = n * chunk - t  # padded positions are computed and cut off again
     hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
@@ -54,7 +69,7 @@ def token_logprobs(
     # activations: [B, n*C, D] -> [n, B, C, D], scanned over n.
     hs = hidden.reshape(b, n, chunk, d).swapaxes(0, 1)
     ys = targets.reshape(b, n, chunk).swapaxes(0, 1)
-    step = jax.checkpoint(lambda h, y: _chunk_logprobs(h, wte, y, temperature))
-    _, (logp, greedy) = jax.lax.scan(lambda _, hy: (None, step(*hy)), None, (hs, ys))  # [n, B, C] each
+    step = jax.checkpoint(lambda h, y: _chunk_logprobs(h, wte, y, temperature, entropy))
+    _, stats = jax.lax.scan(lambda _, hy: (None, step(*hy)), None, (hs, ys))  # [n, B, C] each
     unchunk = lambda x: x.swapaxes(0, 1).reshape(b, n * chunk)[:, :t]  # [n, B, C] -> [B, T]
-    return unchunk(logp), unchunk(greedy)
+    return tuple(unchunk(x) for x in stats)

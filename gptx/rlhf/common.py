@@ -46,18 +46,6 @@ def gather_last(x: jax.Array, mask: jax.Array) -> jax.Array:
     return jnp.take_along_axis(x, last_index(mask)[:, None], axis=-1)[:, 0]
 
 
-def token_logprobs(logits: jax.Array, tokens: jax.Array, temperature: float = 1.0) -> tuple[jax.Array, jax.Array]:
-    """(log π(token), entropy) [B, N] of the temperature-scaled distribution softmax(logits / temperature).
-
-    Rollouts sample at `temperature`, so the policy and reference log-probs of PPO are taken from the same
-    scaled distribution (lm-human-preferences); otherwise the KL and the ratio measure a different policy.
-    """
-    logp_all = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)  # [B, N, V]
-    logp = jnp.take_along_axis(logp_all, tokens[..., None], axis=-1)[..., 0]
-    entropy = -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)
-    return logp, entropy
-
-
 def masked_mean(x: jax.Array, mask: jax.Array, axis=None) -> jax.Array:
     m = mask.astype(x.dtype)
     return jnp.sum(x * m, axis=axis) / jnp.maximum(jnp.sum(m, axis=axis), 1.0)

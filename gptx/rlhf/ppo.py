@@ -50,7 +50,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from gptx import mesh as mesh_lib
 from gptx import sample
-from gptx.models import GPT, GPTConfig
+from gptx.models import GPT, GPTConfig, vocab_tiling
 from gptx.models.heads import RewardModel, fold_affine
 from gptx.rlhf import common, reward, sizes
 from gptx.rlhf.objective import gae, kl_rewards, policy_loss, update_kl_coef, value_loss, whiten
@@ -142,9 +142,20 @@ def full_sequence(prompt: jax.Array, prompt_mask: jax.Array, response: jax.Array
 
 
 def response_logprobs(model: GPT, params, tokens, mask, positions, n: int, temperature: float):
-    """(log π(y_t), entropy) [B, N] of the last n tokens at `temperature` (logits at positions P-1 .. P+N-2)."""
-    logits = model.apply({"params": params}, tokens, positions, mask.astype(jnp.int32))
-    return common.token_logprobs(logits[:, -n - 1 : -1], tokens[:, -n:], temperature)
+    """(log π(y_t), entropy) [B, N] of the last n tokens at `temperature` (logits at positions P-1 .. P+N-2).
+
+    Only the response's logits are formed, model.cfg.logits_chunk positions at a time (vocab tiling)."""
+    hidden = model.apply({"params": params}, tokens, positions, mask.astype(jnp.int32), return_hidden=True)
+    wte = nn.meta.unbox(params["wte"])
+    logp, _, entropy = vocab_tiling.token_logprobs(
+        hidden[:, -n - 1 : -1],  # [B, N, D]
+        wte,
+        tokens[:, -n:],
+        chunk=model.cfg.logits_chunk,
+        temperature=temperature,
+        entropy=True,
+    )
+    return logp, entropy
 
 
 def response_values(model: RewardModel, params, tokens, mask, positions, n: int) -> jax.Array:
