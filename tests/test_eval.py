@@ -275,3 +275,28 @@ def test_generate_tasks_extract_normalise_and_grade_the_greedy_answer(tok, tiny_
     assert res["exact_match"] == pytest.approx(1 / 3) and res["graded"] == 0.25
     assert seen == [("A:", gens[0], words[0].upper()), ("B:", gens[1], words[1] + "x"), ("C:", gens[2], "?")]
     assert [e["generation"] for e in res["examples"]] == gens and res["max_new_tokens"] == 12
+
+
+def test_a_rerun_scores_only_requests_the_cache_has_not_seen(tok, tiny_lm_parts, tmp_path):
+    from gptx.eval.cache import RequestCache
+
+    model, params = tiny_lm_parts
+    first = [(f"{q}:", " " + w) for q in "ABC" for w in ("king", "love")]
+    more = first + [("D:", " grace"), ("E:", " crown")]
+    fresh = LM(model, params, tok, batch_size=2).loglikelihood(more)  # no cache: the reference
+
+    path = str(tmp_path / "cache.jsonl")
+    lm = LM(model, params, tok, batch_size=2, cache=RequestCache(path))
+    lm.loglikelihood(first)
+    assert lm.forward_passes == 3  # 6 requests, 2 per batch
+    rerun = LM(model, params, tok, batch_size=2, cache=RequestCache(path))  # a new run reads the file
+    got = rerun.loglikelihood(more)
+    assert rerun.forward_passes == 1  # only the two new requests run
+    np.testing.assert_allclose([s.logprob for s in got], [s.logprob for s in fresh], atol=1e-5, rtol=0)
+    assert [(s.is_greedy, s.n_tokens) for s in got] == [(s.is_greedy, s.n_tokens) for s in fresh]
+    again = LM(model, params, tok, batch_size=2, cache=RequestCache(path))
+    again.loglikelihood(more)
+    assert again.forward_passes == 0
+    with open(path, "a") as f:
+        f.write('["cut-off line')  # a run killed mid-write: the line is ignored, nothing else lost
+    assert len(RequestCache(path).scores) == len(more)

@@ -33,6 +33,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 from gptx import mesh as mesh_lib
+from gptx.eval.cache import RequestCache
 from gptx.models import vocab_tiling
 from gptx.sample import SamplingConfig, decode
 
@@ -187,6 +188,8 @@ class LM:
       prefix_ids: tokens put before every context and rolling text instead (token-level callers without a
         tokenizer; [] scores token requests only).
       progress: show a progress bar over the batches of each call (process 0).
+      cache: scores kept between runs of this checkpoint (`gptx.eval.cache`); requests found there are not run.
+        Single-process only: every process must run the same batches.
     """
 
     def __init__(
@@ -200,6 +203,7 @@ class LM:
         context_prefix: str = "auto",
         prefix_ids: Sequence[int] | None = None,
         progress: bool = False,
+        cache: RequestCache | None = None,
     ):
         self.model, self.params, self.tokenizer, self.mesh = model, params, tokenizer, mesh
         self.max_len = model.cfg.block_size
@@ -215,6 +219,7 @@ class LM:
         self._score = _make_scorer(model, mesh)
         self.forward_passes = 0  # batches run, for throughput reports
         self.progress = progress and jax.process_index() == 0
+        self.cache = cache
 
     def _batches(self, chunks: Sequence[Any], what: str):
         return tqdm(chunks, desc=what, disable=not self.progress or len(chunks) < 2, leave=False, dynamic_ncols=True)
@@ -230,7 +235,8 @@ class LM:
         at least 2 tokens.
         """
         keys = [(tuple(int(t) for t in c), tuple(int(t) for t in x)) for c, x in requests]
-        unique = list(dict.fromkeys(keys))
+        known = self.cache.get(keys) if self.cache is not None else {}
+        unique = [k for k in dict.fromkeys(keys) if k not in known]
         for ctx, cont in unique:
             if not 1 <= len(cont) <= self.max_len or not ctx:
                 raise ValueError(
@@ -253,8 +259,10 @@ class LM:
                 n_in, n_cont = len(rows[i]) - 1, len(unique[i][1])
                 lp, gr = logp[r, n_in - n_cont : n_in], greedy[r, n_in - n_cont : n_in]
                 scores[i] = Loglikelihood(float(np.sum(lp, dtype=np.float64)), bool(np.all(gr)), n_cont)
+            if self.cache is not None:  # after every batch: an interrupted run keeps what it scored
+                self.cache.add((unique[i], dataclasses.astuple(scores[i])) for i in chunk)
         index = {k: i for i, k in enumerate(unique)}
-        return [scores[index[k]] for k in keys]
+        return [Loglikelihood(*known[k]) if k in known else scores[index[k]] for k in keys]
 
     def _run(self, rows: list[tuple[int, ...]]) -> tuple[np.ndarray, np.ndarray]:
         """Per-token log-probs and greedy flags [batch_size, T] of right-padded rows (inputs row[:-1])."""
