@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from gptx.eval import code, sandbox
+from gptx.eval import code, overlap, sandbox
 from gptx.eval import metrics as M
 from gptx.eval import tasks as T
 from gptx.eval.requests import LM
@@ -165,6 +165,9 @@ def score_generate(
     answers = [M.extract_answer(g, task.extract, task.extract_fallback) for g in gens]
     refs = [task.reference(d) for d in docs]
     out = {"exact_match": [M.exact_match(a, r, task.normalization) for a, r in zip(answers, refs, strict=True)]}
+    for name in (m for m in task.active_metrics if m in overlap.NAMES):  # SQuAD F1, ROUGE: on the answers
+        score = overlap.metric(name)
+        out[name] = [score(a, r) for a, r in zip(answers, refs, strict=True)]
     if grader is not None:
         items = [(task.render_context(d), g, r) for d, g, r in zip(docs, gens, refs, strict=True)]
         many = getattr(grader, "grade_many", None)

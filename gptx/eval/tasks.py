@@ -45,7 +45,7 @@ KIND_METRICS = {
     CODE: ("pass@k",),
     CHOICE: ("acc", "acc_norm", "acc_uncond"),
     COMPLETION: ("acc", "ppl"),
-    GENERATE: ("exact_match", "graded"),
+    GENERATE: ("exact_match", "graded", "f1", "rouge1", "rouge2", "rougeL"),
     PERPLEXITY: ("bits_per_byte", "word_perplexity", "token_perplexity"),
 }
 
@@ -154,6 +154,8 @@ class Task:
             return self.metrics
         if self.kind == CODE:
             return tuple(f"pass@{k}" for k in self.pass_k)
+        if self.kind == GENERATE:  # overlap metrics when a task asks for them
+            return ("exact_match",)
         return tuple(m for m in KIND_METRICS[self.kind] if m != "graded")
 
 
