@@ -150,7 +150,7 @@ def test_model_graded_metric_is_the_normalised_probability_of_yes():
     ],
 )
 def test_task_entries_read_the_shared_files(name, n, first):
-    task = T.TASKS[name]
+    task = T.get(name)
     data = harness.load_task(task, str(SHARED_DATA))
     assert len(data.docs) == n and set(data.malformed.values()) == {0}
     doc = data.docs[0][1]

@@ -159,14 +159,12 @@ def resolve(entry: str) -> list[T.Task]:
         if not os.path.exists(entry):
             raise DataError(f"task file {entry} not found")
         return load(entry)
-    if entry in T.GROUPS:
-        return [t for member in T.GROUPS[entry] for t in resolve(member)]
     if entry in T.TASKS:
         return [T.TASKS[entry]]
     files = builtin_files()
     if entry in files:
         return load(files[entry])
-    known = sorted({*T.TASKS, *T.GROUPS, *files})
+    known = sorted({*T.TASKS, *files})
     raise DataError(f"unknown eval task {entry!r}: not a task file, a group or one of {', '.join(known)}")
 
 

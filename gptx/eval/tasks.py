@@ -418,27 +418,6 @@ def get(name: str) -> Task:
 
 _CLASSIFY = "\nQuestion: {text_b} True, False or Neither?\nAnswer:"
 
-GPT3_ARITHMETIC = (
-    "two_digit_addition", "two_digit_subtraction", "three_digit_addition", "three_digit_subtraction",
-    "four_digit_addition", "four_digit_subtraction", "five_digit_addition", "five_digit_subtraction",
-    "six_digit_addition", "six_digit_subtraction", "two_digit_multiplication", "single_digit_three_ops",
-    "sum_of_digits",
-)  # fmt: skip
-GPT3_WORD_SCRAMBLE = (
-    "cycle_letters_in_word", "mid_word_1_anagrams", "mid_word_2_anagrams", "random_insertion_in_word", "reversed_words"
-)  # fmt: skip
-
-
-def _gpt3_task(name: str, gz: bool) -> Task:
-    # The files' contexts start with their own newlines ("\n\nQ: What is 98 plus 45?\n\nA:", "\nskicts ="), so
-    # demonstrations are joined without a delimiter, which gives the paper's layout.
-    return Task(
-        name, COMPLETION, f"gpt3_tasks/{name}.jsonl" + (".gz" if gz else ""), "jsonl",
-        fields=("context", "completion"), target_delimiter="", fewshot_delimiter="", metrics=("acc",),
-        note="GPT-3 paper's own set; demonstrations from the same file, never the test example",
-    )  # fmt: skip
-
-
 TASKS: dict[str, Task] = {
     "lambada": Task(
         "lambada",
@@ -533,12 +512,6 @@ TASKS: dict[str, Task] = {
         note="the last word of a held-out speech's first line among 4 (3 training-line last words of about its "
         "frequency); chance 25%, see frequency_baseline",
     ),
-    **{n: _gpt3_task(n, gz=False) for n in GPT3_ARITHMETIC},
-    **{n: _gpt3_task(n, gz=True) for n in GPT3_WORD_SCRAMBLE},
 }
-
-# Names for several tasks at once in config.eval.tasks (more groups: group files in gptx/eval/builtin)
-GROUPS: dict[str, tuple[str, ...]] = {
-    "gpt3_arithmetic": GPT3_ARITHMETIC,
-    "gpt3_word_scramble": GPT3_WORD_SCRAMBLE,
-}
+# The GPT-3 arithmetic and word-scrambling tasks and their groups (gpt3_arithmetic, gpt3_word_scramble) are task
+# files in gptx/eval/builtin.
