@@ -419,16 +419,6 @@ def get(name: str) -> Task:
 _CLASSIFY = "\nQuestion: {text_b} True, False or Neither?\nAnswer:"
 
 TASKS: dict[str, Task] = {
-    "lambada": Task(
-        "lambada",
-        COMPLETION,
-        "lambada/lambada_test.jsonl",
-        "jsonl",
-        process="lambada",
-        fields=("text",),
-        target_delimiter="",
-        note="OpenAI's LAMBADA test file (lm-evaluation-harness lambada_openai)",
-    ),
     "hellaswag": Task(
         "hellaswag",
         CHOICE,
@@ -474,24 +464,6 @@ TASKS: dict[str, Task] = {
         context="{text_a}" + _CLASSIFY,
         choices=("True", "Neither", "False"),
     ),
-    "gsm8k": Task(
-        "gsm8k",
-        GENERATE,
-        "gsm8k/test.jsonl",
-        "jsonl",
-        fewshot="gsm8k/train.jsonl",
-        process="gsm8k",
-        fields=("question", "answer"),
-        context="Question: {question}\nAnswer:",
-        target="{cot}",
-        gold="{gold}",
-        until=("Question:", "\n\n"),
-        max_new_tokens=256,
-        extract=GSM8K_ANSWER,
-        extract_fallback="last_number",
-        normalization=Normalization(regexes_to_ignore=(",", r"\$", r"\.$")),
-        note="chain of thought: demonstrations are worked training solutions ending in '#### N'",
-    ),
     "tinyshakespeare": Task(
         "tinyshakespeare",
         PERPLEXITY,
@@ -513,5 +485,6 @@ TASKS: dict[str, Task] = {
         "frequency); chance 25%, see frequency_baseline",
     ),
 }
-# The GPT-3 arithmetic and word-scrambling tasks and their groups (gpt3_arithmetic, gpt3_word_scramble) are task
-# files in gptx/eval/builtin.
+# LAMBADA, GSM8K, the GPT-3 arithmetic and word-scrambling tasks and their groups (gpt3_arithmetic,
+# gpt3_word_scramble) are task files in gptx/eval/builtin; the entries above read formats of their own (the TSV
+# layouts of GLUE, HellaSwag's text file, the bundled corpus).
