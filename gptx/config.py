@@ -25,7 +25,7 @@ REMAT_POLICIES = {
     "dots_no_batch": "checkpoint_dots_with_no_batch_dims",
 }
 DTYPES = ("float32", "bfloat16", "float16")
-ATTENTION_IMPLS = ("auto", "xla", "cudnn")
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash")
 MESH_AXES = ("data", "fsdp", "tensor")  # the device mesh's axes (gptx/mesh.py), in mesh order
 
 
@@ -47,7 +47,9 @@ def default() -> ml_collections.ConfigDict:
     c.model.attn_dropout = 0.1  # dropout on attention probabilities
     c.model.attention = "dense"  # "alternating": every second layer is locally banded (GPT-3)
     c.model.local_window = 256  # banded layers see this many most recent tokens, themselves included
-    c.model.attention_impl = "auto"  # auto | xla | cudnn, for jax.nn.dot_product_attention
+    # auto: splash on TPUs, else jax.nn.dot_product_attention's choice (cuDNN on GPUs, xla on CPUs); xla | cudnn;
+    # splash: Pallas splash attention (gptx/models/splash.py; interpreted, slowly, off TPU; no attn_dropout)
+    c.model.attention_impl = "auto"
     c.model.layer_norm_eps = 1e-5
     c.model.init_std = 0.02
     c.model.dtype = "float32"  # compute dtype (bfloat16 on accelerators)
@@ -142,11 +144,18 @@ def default() -> ml_collections.ConfigDict:
     c.scaling.law = "compute"  # compute: L(C) = a C^b + c (GPT-4); chinchilla: L(N, D) = E + A/N^alpha + B/D^beta
     c.scaling.exclude_highest = 0  # drop the k highest-loss runs before an L(N, D) fit (the replication drops 5)
     c.scaling.huber_delta = 1e-3
-    c.scaling.bootstrap = 200  # resamples for the prediction interval
+    c.scaling.bootstrap = 200  # case-bootstrap resamples (reported beside the delta-t interval; 0: none)
     c.scaling.ci = 0.9
     c.scaling.seed = 0
     c.scaling.target = ""  # a config to predict, configs/NAME.py[:ARG]; "": the sweep's held-out runs
     c.scaling.measured = 0.0  # the target's measured final loss, once trained (0: not yet)
+    # Capability (GPT-4 report, Fig. 2): every run is evaluated at the end of training on these tasks (config.eval's
+    # settings: samples, temperature, limit, sandbox), per-task metrics and per-problem pass counts stored beside
+    # its loss; "" evaluates nothing. −E_P[log pass_rate] = alpha C^-k is fitted on capability_task ("": the first
+    # code or generation task of eval_tasks) and predicted for the held-out runs.
+    c.scaling.eval_tasks = ""
+    c.scaling.eval_shots = 0
+    c.scaling.capability_task = ""
 
     # GPT-3 data preparation (`prepare` command, gptx/data/prepare.py): sources -> normalise -> heuristic filters
     # -> exact + MinHash-LSH dedup -> quality classifier with the Pareto rule -> decontamination -> weighted mix
@@ -312,7 +321,9 @@ def default() -> ml_collections.ConfigDict:
 
     # In-context learning evaluation (gptx/eval/): the `eval` command and the demo's fewshot stage.
     c.eval = ml_collections.ConfigDict()
-    c.eval.tasks = "lambada,hellaswag,two_digit_addition"  # comma-separated names from gptx.eval.tasks.TASKS
+    # Comma-separated built-in task or group names (gptx.eval.tasks.TASKS, the files of gptx/eval/builtin) and
+    # task/group file paths.
+    c.eval.tasks = "lambada,hellaswag,two_digit_addition"
     c.eval.shots = "0,1,8"  # demonstrations per prompt, one evaluation per value
     c.eval.limit = 0  # evaluate the first N docs of each task; 0 = all
     c.eval.batch_size = 16  # sequences per forward pass (scores change only by float rounding)
@@ -327,6 +338,9 @@ def default() -> ml_collections.ConfigDict:
     # rolling texts, as lm-evaluation-harness), or "bos", "eos", "none" (see gptx.eval.requests.ContextPrefix).
     c.eval.context_prefix = "auto"
     c.eval.output = ""  # results JSON; "" = WORKDIR/eval_results.json
+    # Keep log-likelihood scores in WORKDIR/eval_cache/ (per checkpoint step), so a rerun with more tasks or shots
+    # scores only new requests; one process, local workdirs.
+    c.eval.cache = True
     # Code tasks (kind "code"): samples per problem and how they are drawn (0 / -1: each task's own), and the
     # sandbox each program runs in (gptx/eval/sandbox.py).
     c.eval.samples = 0  # n completions per problem; pass@k is reported for the task's k <= n
@@ -381,6 +395,21 @@ def validate_model(m: ml_collections.ConfigDict) -> None:
     for key in ("dropout", "attn_dropout"):
         if not 0.0 <= m[key] < 1.0:
             raise ConfigError(f"config.model.{key}={m[key]} must be in [0, 1)")
+    _validate_splash(m)
+
+
+def _validate_splash(m: ml_collections.ConfigDict) -> None:
+    """Splash attention never forms the attention probabilities, so it cannot drop them; its tiles are whole
+    multiples of the TPU's 128 lanes (0: the default)."""
+    if m.attention_impl == "splash" and m.attn_dropout > 0.0:
+        raise ConfigError(
+            f"config.model.attn_dropout={m.attn_dropout} needs the attention probabilities, which "
+            "config.model.attention_impl=splash never forms: set attn_dropout=0 (or attention_impl=xla)"
+        )
+    for key in ("splash_block_q", "splash_block_kv"):
+        block = m.get(key, 0)
+        if block < 0 or block % 128:
+            raise ConfigError(f"config.model.{key}={block} must be a multiple of 128 (0: the default, 512)")
 
 
 def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> None:

@@ -21,8 +21,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from gptx import config as config_lib
+from gptx import fs, usage
 from gptx import mesh as mesh_lib
-from gptx import usage
 from gptx.errors import (
     EXIT_BUG,
     EXIT_DIVERGED,
@@ -277,15 +277,13 @@ def _check_command(command: str | None) -> None:
 
 
 def check_workdir(workdir: str) -> None:
-    """ConfigError naming the workdir when it is remote, a file, or cannot be created or written.
+    """ConfigError naming the workdir when it is a file, or cannot be created or written (locally or in a bucket).
 
     Runs before devices start: an unusable workdir should not cost the start-up, nor fail at the first save.
     """
-    scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]*)://", workdir)
-    if scheme:
-        raise ConfigError(
-            f"--workdir={workdir}: remote storage ({scheme.group(1)}://) is not supported yet; use a local directory"
-        )
+    if fs.is_remote(workdir):
+        _check_remote_workdir(workdir)
+        return
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise ConfigError(f"--workdir={workdir} is a file, not a directory")
     try:
@@ -300,6 +298,25 @@ def check_workdir(workdir: str) -> None:
         os.remove(probe)
     except OSError as e:
         raise ConfigError(f"--workdir={workdir} is not writable: {e.strerror}") from e
+
+
+def _check_remote_workdir(workdir: str) -> None:
+    """A URL workdir (gs://bucket/run): its endpoint answers, its bucket exists, and an object can be written
+    there; each failure is one line within seconds (fs.check_endpoint), not a hang at the first checkpoint."""
+    if fs.scheme(workdir) not in fs.SCHEMES:
+        raise ConfigError(f"--workdir={workdir}: {fs.scheme(workdir)}:// is not supported; use gs:// or a local path")
+    try:
+        is_object = fs.isfile(workdir)
+        probe = fs.join(workdir, f".gptx-write-check-{os.getpid()}")
+        if not is_object:
+            fs.write_atomic(probe, b"")
+            fs.remove(probe)
+    except FileNotFoundError as e:  # the bucket: "<probe> not found: bucket gs://b does not exist"
+        raise ConfigError(f"--workdir={workdir}: {str(e).split(': ', 1)[-1]}") from None
+    except (PermissionError, fs.StorageError) as e:
+        raise ConfigError(f"--workdir={workdir}: {str(e).removeprefix(f'{workdir}: ')}") from None
+    if is_object:
+        raise ConfigError(f"--workdir={workdir} is an object, not a directory")
 
 
 def _parents(path: str) -> list[str]:

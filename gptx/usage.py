@@ -9,7 +9,8 @@ HELP = {
         """usage: python -m gptx.main train --config=configs/NAME.py[:ARG] --workdir=DIR [--config.KEY=VALUE ...]
 
 Trains from scratch, or resumes from the latest checkpoint in WORKDIR/checkpoints (model, optimizer and data
-position). Writes metrics.jsonl, tensorboard/ and checkpoints/ to the workdir. SIGTERM saves a checkpoint and
+position). Writes metrics.jsonl, tensorboard/ and checkpoints/ to the workdir: a directory or a bucket
+(--workdir=gs://BUCKET/RUN, with pip install 'gptx[gcs]'; a corpus may be gs:// too). SIGTERM saves a checkpoint and
 exits 75 (rerun the same command to resume); a non-finite loss keeps the last good checkpoint and exits 3.
 
 config files: configs/demo.py (tiny, CPU), configs/gpt1.py, configs/gpt2.py:124m|355m|774m|1.5b,

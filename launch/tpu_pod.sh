@@ -7,7 +7,7 @@
 # usage: launch/tpu_pod.sh [--dry-run] --name NAME --zone ZONE --type ACCELERATOR_TYPE [--version RUNTIME]
 #                          [--project PROJECT] [--spot] [--delete] [--logs DIR] [-- <command> --config=... --workdir=...]
 #   e.g. launch/tpu_pod.sh --name gptx-350m --zone us-west4-a --type v5litepod-16 -- \
-#          train --config=configs/gpt3.py:350m --workdir=/mnt/shared/gpt3-350m   # a directory every worker mounts
+#          train --config=configs/gpt3.py:350m --workdir=gs://my-bucket/gpt3-350m   # a bucket all workers write
 #        launch/tpu_pod.sh --name gptx-350m --zone us-west4-a --type v5litepod-16 --delete   # only delete
 set -euo pipefail
 
@@ -82,7 +82,7 @@ if [[ $# -gt 0 ]]; then
   run tar -czf "$tarball" -C "$repo" --exclude=.git --exclude='workdir*' --exclude='logs' --exclude='__pycache__' .
   run "${tpu[@]}" scp "$tarball" "$name:gptx.tgz" "${where[@]}" --worker=all
   run "${tpu[@]}" ssh "$name" "${where[@]}" --worker=all \
-    --command='rm -rf ~/gptx && mkdir -p ~/gptx && tar -xzf ~/gptx.tgz -C ~/gptx && pip install -q -e "$HOME/gptx[tpu]"'
+    --command='rm -rf ~/gptx && mkdir -p ~/gptx && tar -xzf ~/gptx.tgz -C ~/gptx && pip install -q -e "$HOME/gptx[tpu,gcs]"'
 
   # 3. The same command on all workers at once; jax.distributed finds its peers from the TPU metadata.
   gptx_cmd=(python3 -m gptx.main "$@")

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Iterator, Sequence
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
+from gptx import fs
 from gptx.data.tokenizer_base import Tokenizer, target, write_atomically
 from gptx.errors import DataError
 
@@ -76,20 +77,22 @@ class BPETokenizer(Tokenizer):
         """A `tokenizer.json` file, or a directory holding one or `vocab.json` + `merges.txt` (either of which
         may be named instead of the directory)."""
         path = os.fspath(path)
-        if os.path.basename(path) in OPENAI_FILES:
-            path = os.path.dirname(path) or "."
-        directory = path if os.path.isdir(path) else os.path.dirname(path)
+        if fs.basename(path) in OPENAI_FILES:
+            path = fs.dirname(path) or "."
+        directory = path if fs.isdir(path) else fs.dirname(path)
         special = read_special_tokens(directory)
-        if os.path.isdir(path):
-            if os.path.exists(os.path.join(path, FILENAME)):
-                path = os.path.join(path, FILENAME)
+        if fs.isdir(path):
+            if fs.exists(fs.join(path, FILENAME)):
+                path = fs.join(path, FILENAME)
             else:
-                vocab, merges = (os.path.join(path, f) for f in OPENAI_FILES)
+                vocab, merges = (fs.join(path, f) for f in OPENAI_FILES)
                 return cls(gpt2_style(vocab, merges), special, where=path)
-        if not os.path.isfile(path):
+        if not fs.isfile(path):
             raise FileNotFoundError(f"tokenizer file {path} not found")
         try:
-            tk = tokenizers.Tokenizer.from_file(path)
+            tk = tokenizers.Tokenizer.from_str(fs.read_text(path))  # from_str: the file may be a URL
+        except (FileNotFoundError, fs.StorageError):
+            raise
         except Exception as e:  # the Rust library raises a bare Exception for a malformed file
             raise DataError(f"{path} is not a readable tokenizer.json: {_first_line(e)}") from None
         return cls(tk, special, where=path)
@@ -99,7 +102,7 @@ class BPETokenizer(Tokenizer):
         reads from a directory (it then gives gptx's ids, BOS included where `add_bos`)."""
         path = target(path, FILENAME)
         write_atomically(path, self.tk.to_str().encode())
-        write_atomically(os.path.join(os.path.dirname(path), CONFIG), json.dumps(self.hf_config(), indent=2).encode())
+        write_atomically(fs.join(fs.dirname(path), CONFIG), json.dumps(self.hf_config(), indent=2).encode())
         return path
 
     def hf_config(self) -> dict:
@@ -152,14 +155,15 @@ def _first_line(e: Exception) -> str:
 def gpt2_style(vocab_path: str, merges_path: str) -> tokenizers.Tokenizer:
     """OpenAI's vocab.json + merges.txt as transformers' GPT2TokenizerFast builds them: byte-level pre-tokenizer
     (GPT-2's regex, no prefix space), BPE without dropout, byte-level decoder, <|endoftext|> a special token."""
-    missing = [p for p in (vocab_path, merges_path) if not os.path.isfile(p)]
+    missing = [p for p in (vocab_path, merges_path) if not fs.isfile(p)]
     if missing:
         raise FileNotFoundError(
             f"{missing[0]} not found: a GPT-2-style tokenizer needs {' + '.join(OPENAI_FILES)} (or a {FILENAME}) "
-            f"in {os.path.dirname(missing[0]) or '.'}"
+            f"in {fs.dirname(missing[0]) or '.'}"
         )
-    try:
-        tk = tokenizers.Tokenizer(models.BPE.from_file(vocab_path, merges_path))
+    try:  # BPE.from_file opens local files only: a URL's pair is downloaded first
+        with fs.local_file(vocab_path) as vocab, fs.local_file(merges_path) as merges:
+            tk = tokenizers.Tokenizer(models.BPE.from_file(vocab, merges))
     except Exception as e:
         raise DataError(f"{vocab_path} + {merges_path} are not a BPE vocabulary: {_first_line(e)}") from None
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -174,12 +178,11 @@ def read_special_tokens(directory: str) -> dict:
     tokenizer_config.json (the latter wins); {} when it has neither."""
     out: dict = {}
     for name in ("special_tokens_map.json", CONFIG):
-        path = os.path.join(directory, name)
-        if not os.path.exists(path):
+        path = fs.join(directory, name)
+        if not fs.exists(path):
             continue
         try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
+            data = json.loads(fs.read_text(path))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise DataError(f"{path} is not valid JSON: {e}") from None
         if not isinstance(data, dict):

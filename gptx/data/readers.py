@@ -14,13 +14,13 @@ import bisect
 import collections
 import csv
 import dataclasses
-import glob
 import json
 import lzma
 import os
 import zlib
 from collections.abc import Iterator
 
+from gptx import fs
 from gptx.data.paths import REPO
 from gptx.data.sources import _OPENERS, DataError, resolve, split_documents
 from gptx.errors import ConfigError
@@ -100,7 +100,7 @@ def resolve_path(path: str) -> str:
     """`bundled:NAME`, an existing path, or a path relative to the repository root (as config.finetune.data_dir)."""
     if path.startswith("bundled:"):
         return resolve(path)
-    if os.path.isabs(path) or os.path.exists(path):
+    if fs.is_remote(path) or os.path.isabs(path) or os.path.exists(path):
         return path
     return os.path.join(REPO, path)
 
@@ -110,12 +110,12 @@ def source_files(src: Source) -> list[str]:
     files: list[str] = []
     for part in (p.strip() for p in src.path.split(",") if p.strip()):
         path = resolve_path(part)
-        if os.path.isdir(path):
-            found = sorted(glob.glob(os.path.join(path, "*.array_record")))
-        elif glob.has_magic(path):
-            found = sorted(glob.glob(path))
+        if fs.isdir(path):
+            found = fs.glob(fs.join(path, "*.array_record"))
+        elif fs.has_magic(path):
+            found = fs.glob(path)
         else:
-            found = [path] if os.path.exists(path) else []
+            found = [path] if fs.exists(path) else []
         if not found:
             where = f" (resolved to {path})" if path != part else ""
             raise FileNotFoundError(f"source {src.name!r}: no file {part}{where}")
@@ -138,6 +138,9 @@ def file_format(path: str, fmt: str = "auto") -> str:
 
 def _open_bytes(path: str):
     opener = next((fn for suffix, fn in _OPENERS.items() if path.endswith(suffix)), open)
+    if fs.is_remote(path):  # gzip/lzma/bz2 read from any file object, gcsfs's too
+        raw = fs.open_file(path, "rb")
+        return raw if opener is open else opener(raw)
     return opener(path, "rb")
 
 
@@ -263,7 +266,7 @@ def _bz2_block_bytes(path: str) -> int:
     """Uncompressed bytes in a block of a bz2 file (header `BZh1`..`BZh9`: 100..900 kB); 0 for other files."""
     if not path.endswith(".bz2"):
         return 0
-    with open(path, "rb") as f:
+    with fs.open_file(path, "rb") as f:
         head = f.read(4)
     return 100_000 * int(chr(head[3])) if head[:3] == b"BZh" and head[3:4].isdigit() else 0
 

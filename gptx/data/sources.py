@@ -5,12 +5,13 @@ from __future__ import annotations
 import bz2
 import gzip
 import importlib.resources
+import io
 import lzma
-import os
 import re
 import zlib
 from collections.abc import Sequence
 
+from gptx import fs
 from gptx.errors import DataError  # also re-exported: `sources.DataError` predates gptx.errors
 
 BUNDLED = {"tinyshakespeare": "tinyshakespeare.txt"}
@@ -31,10 +32,12 @@ def resolve(path: str) -> str:
 def read_text(path: str) -> str:
     """Whole UTF-8 text of a (possibly gz/xz/bz2-compressed) file; errors name the file and byte offset."""
     path = resolve(path)
-    opener = next((fn for suffix, fn in _OPENERS.items() if path.endswith(suffix)), open)
+    opener = next((fn for suffix, fn in _OPENERS.items() if path.endswith(suffix)), None)
     try:
-        with opener(path, "rb") as f:
-            raw = f.read()
+        raw = fs.read_bytes(path)  # local or a URL (gs://...)
+        if opener is not None:
+            with opener(io.BytesIO(raw), "rb") as f:
+                raw = f.read()
     except FileNotFoundError:
         raise FileNotFoundError(f"corpus file {path} not found (config.data.corpus)") from None
     except (OSError, EOFError, zlib.error, lzma.LZMAError) as e:  # a damaged or truncated archive
@@ -77,7 +80,7 @@ def read_documents(path: str, separator: str = "blank_line") -> Sequence[str]:
     """
     from gptx.data import records  # late import: records imports grain
 
-    if os.path.isdir(path):
+    if fs.isdir(path):
         return records.PreparedCorpus(path)
     text = read_text(path)
     docs = Documents(split_documents(text, separator), source=resolve(path), separator=separator)

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import sentencepiece as spm
 
+from gptx import fs
 from gptx.data.tokenizer_base import Tokenizer, target, write_atomically
 from gptx.errors import DataError
 
@@ -58,8 +59,7 @@ class SentencePieceTokenizer(Tokenizer):
     def load(cls, path: str | os.PathLike) -> SentencePieceTokenizer:
         path = os.fspath(path)
         try:
-            with open(path, "rb") as f:
-                data = f.read()
+            data = fs.read_bytes(path)
         except FileNotFoundError:
             raise FileNotFoundError(f"tokenizer file {path} not found") from None
         except OSError as e:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
+from gptx import fs
 from gptx.data import bpe_tokenizer, sp_tokenizer
 from gptx.data.bpe_tokenizer import BPETokenizer
 from gptx.data.sp_tokenizer import SentencePieceTokenizer
@@ -25,9 +26,9 @@ FILES = (sp_tokenizer.FILENAME, bpe_tokenizer.FILENAME)
 def find(directory: str) -> str | None:
     """The tokenizer a directory (a workdir, an HF checkpoint) holds: the path `load` takes, or None."""
     for name in FILES:
-        if os.path.exists(os.path.join(directory, name)):
-            return os.path.join(directory, name)
-    if all(os.path.exists(os.path.join(directory, f)) for f in bpe_tokenizer.OPENAI_FILES):
+        if fs.exists(fs.join(directory, name)):
+            return fs.join(directory, name)
+    if all(fs.exists(fs.join(directory, f)) for f in bpe_tokenizer.OPENAI_FILES):
         return directory
     return None
 
@@ -39,18 +40,18 @@ def load(path: str | os.PathLike) -> Tokenizer:
     but is not a tokenizer (or whose tokenizer_config.json is not a JSON object).
     """
     path = os.fspath(path)
-    if not os.path.exists(path):
+    if not fs.exists(path):
         raise FileNotFoundError(
             f"tokenizer {path} not found: train one with `python -m gptx.main tokenizer`, or name a tokenizer.model, "
             "tokenizer.json or a directory with vocab.json + merges.txt in --config.data.tokenizer"
         )
-    if os.path.isdir(path):
+    if fs.isdir(path):
         found = find(path)
-        half = any(os.path.exists(os.path.join(path, f)) for f in bpe_tokenizer.OPENAI_FILES)
+        half = any(fs.exists(fs.join(path, f)) for f in bpe_tokenizer.OPENAI_FILES)
         if found is None and not half:  # (with half of OpenAI's pair, BPETokenizer names the missing file)
             raise FileNotFoundError(f"{path} holds no tokenizer.model, tokenizer.json or vocab.json + merges.txt")
         path = found or path
-    if os.path.isdir(path) or path.endswith(".json") or os.path.basename(path) in bpe_tokenizer.OPENAI_FILES:
+    if fs.isdir(path) or path.endswith(".json") or fs.basename(path) in bpe_tokenizer.OPENAI_FILES:
         return BPETokenizer.load(path)
     return SentencePieceTokenizer.load(path)
 

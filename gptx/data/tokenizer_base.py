@@ -11,6 +11,8 @@ import abc
 import os
 from collections.abc import Sequence
 
+from gptx import fs
+
 
 class Tokenizer(abc.ABC):
     """Text <-> token ids [0, vocab_size), with the special tokens the tokenizer itself defines.
@@ -84,12 +86,12 @@ class Tokenizer(abc.ABC):
 
 def target(path: str | os.PathLike, standard_name: str) -> str:
     """`path` itself, or `path`/`standard_name` when it is a directory."""
-    return os.path.join(path, standard_name) if os.path.isdir(path) else os.fspath(path)
+    path = os.fspath(path)
+    # A bucket has no empty directories: a URL without an extension that names no object is a directory to be.
+    remote_dir = fs.is_remote(path) and not os.path.splitext(fs.basename(path))[1] and not fs.isfile(path)
+    return fs.join(path, standard_name) if remote_dir or fs.isdir(path) else path
 
 
 def write_atomically(path: str | os.PathLike, data: bytes) -> None:
-    """Write-then-rename: another process never sees a half-written file."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    """Another process never sees a half-written file (fs.write_atomic: a rename on disk, one upload on a URL)."""
+    fs.write_atomic(path, data)

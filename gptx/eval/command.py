@@ -18,6 +18,7 @@ import ml_collections
 from absl import logging
 
 import gptx
+from gptx import fs
 from gptx import mesh as mesh_lib
 from gptx.config import ConfigError
 from gptx.data import tokenizer as tokenizer_lib
@@ -25,8 +26,9 @@ from gptx.data.sources import DataError
 from gptx.eval import code, harness, sandbox, taskfile
 from gptx.eval import metrics as M
 from gptx.eval import tasks as T
+from gptx.eval.cache import RequestCache
 from gptx.eval.requests import CONTEXT_PREFIXES, LM
-from gptx.train import checkpoints, logs, pretrain
+from gptx.train import checkpoints, integrity, logs, pretrain
 
 RESULTS = "eval_results.json"
 
@@ -86,7 +88,7 @@ def tokenizer_for(cfg: ml_collections.ConfigDict, workdir: str) -> ml_collection
     the demo workdir and the pretrained model in WORKDIR/pretrain)."""
     if cfg.data.tokenizer:
         return cfg
-    for directory in (workdir, os.path.dirname(workdir)):
+    for directory in (workdir, fs.dirname(workdir)):
         if path := tokenizer_lib.find(directory):
             cfg = ml_collections.ConfigDict(cfg.to_dict())
             cfg.data.tokenizer = path
@@ -100,15 +102,24 @@ def tokenizer_for(cfg: ml_collections.ConfigDict, workdir: str) -> ml_collection
 def load_lm(cfg: ml_collections.ConfigDict, workdir: str, mesh=None) -> LM:
     """The LM of the latest checkpoint in workdir, sharded on the config's mesh."""
 
-    cfg = tokenizer_for(cfg, os.path.abspath(workdir).rstrip("/"))
+    cfg = tokenizer_for(cfg, fs.absolute(workdir).rstrip("/"))
     mesh = mesh or mesh_lib.make_mesh(cfg.mesh)
     model, params, tok = pretrain.load_trained(cfg, workdir)
     if tok.vocab_size > cfg.model.vocab_size:
         raise ConfigError(f"config.model.vocab_size={cfg.model.vocab_size} < the tokenizer's {tok.vocab_size} pieces")
     return LM(
         model, params, tok, batch_size=cfg.eval.batch_size, mesh=mesh, context_prefix=cfg.eval.context_prefix,
-        progress=cfg.train.progress,
+        progress=cfg.train.progress, cache=request_cache(cfg, workdir, model),
     )  # fmt: skip
+
+
+def request_cache(cfg: ml_collections.ConfigDict, workdir: str, model) -> RequestCache | None:
+    """WORKDIR/eval_cache/ of the latest checkpoint (config.eval.cache), for one process on a local workdir: every
+    process must run the same batches, and object stores cannot append."""
+    if not cfg.eval.cache or jax.process_count() > 1 or "://" in str(workdir):
+        return None
+    scored_by = {k: getattr(model.cfg, k) for k in integrity.SHAPE_KEYS} | {"dtype": str(model.cfg.dtype)}
+    return RequestCache.for_checkpoint(str(workdir), checkpoints.latest_step(workdir), scored_by)
 
 
 def make_grader(cfg: ml_collections.ConfigDict, lm: LM) -> M.Grader | None:
@@ -160,12 +171,12 @@ def evaluate(
 
 def provenance(cfg: ml_collections.ConfigDict, workdir: str, lm: LM) -> dict[str, Any]:
     """What a result was measured on: the checkpoint step, the tokenizer, the gptx version."""
-    tok_cfg = tokenizer_for(cfg, os.path.abspath(workdir).rstrip("/"))
+    tok_cfg = tokenizer_for(cfg, fs.absolute(workdir).rstrip("/"))
     return {
-        "workdir": os.path.abspath(workdir),
+        "workdir": fs.absolute(workdir),
         "checkpoint_step": checkpoints.latest_step(workdir),
         "tokenizer": {
-            "path": os.path.abspath(pretrain.tokenizer_path(tok_cfg, workdir)),
+            "path": fs.absolute(pretrain.tokenizer_path(tok_cfg, workdir)),
             "kind": type(lm.tokenizer).__name__,
             "vocab_size": getattr(lm.tokenizer, "vocab_size", None),
             "context_prefix": {"context": list(lm.prefix.context), "start": list(lm.prefix.start)},
@@ -189,7 +200,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     out["config"] = cfg.to_dict()
     if jax.process_index() == 0:
         print(harness.format_table(out["results"]))
-        path = cfg.eval.output or os.path.join(workdir, RESULTS)
+        path = cfg.eval.output or fs.join(workdir, RESULTS)
         out["run"]["examples"] = examples_path(path)
         write_jsonl(out["run"]["examples"], per_example)
         logs.write_json(path, out)
@@ -198,9 +209,5 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
 
 def write_jsonl(path: str, rows: list[dict[str, Any]]) -> None:
-    """One JSON object per line, through a temporary file and a rename (a reader never sees half a file)."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, default=str) + "\n")
-    os.replace(tmp, path)
+    """One JSON object per line, whole or not at all (fs.write_atomic: a reader never sees half a file)."""
+    fs.write_atomic(path, "".join(json.dumps(row, default=str) + "\n" for row in rows))

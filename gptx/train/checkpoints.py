@@ -20,7 +20,6 @@ with new special tokens) is read replicated and grown by `merge_params`.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -34,6 +33,7 @@ from flax import linen as nn
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from gptx import fs
 from gptx import mesh as mesh_lib
 from gptx.errors import CheckpointError, ConfigError
 from gptx.train import integrity
@@ -42,7 +42,7 @@ STATE, DATA, PRINTS = "state", "data", "fingerprints"
 
 
 def directory(workdir: str) -> str:
-    return os.path.join(os.path.abspath(workdir), "checkpoints")
+    return fs.join(fs.absolute(workdir), "checkpoints")
 
 
 def manager(
@@ -59,12 +59,13 @@ def manager(
         PRINTS: ocp.JsonCheckpointHandler(),
     }
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save, create=not partial)
+    fs.prepare(workdir)  # gcsfs configured before orbax's epath makes (and caches) its filesystem
     return ocp.CheckpointManager(directory(workdir), options=options, item_handlers=handlers)
 
 
 def all_steps(workdir: str) -> list[int]:
     """The saved steps of WORKDIR/checkpoints, ascending ([] when there is none)."""
-    if not os.path.isdir(directory(workdir)):
+    if not fs.isdir(directory(workdir)):
         return []
     with manager(workdir, partial=True) as mngr:
         return sorted(mngr.all_steps())
@@ -180,8 +181,8 @@ def has_data_position(workdir: str) -> bool:
     step = latest_step(workdir)
     if step is None:
         return False
-    with manager(workdir, partial=True) as mngr:
-        return _has(mngr.item_metadata(step), DATA)
+    # The item's directory, not its metadata: a damaged step must still answer (the restore then sets it aside).
+    return fs.isdir(fs.join(directory(workdir), str(step), DATA))
 
 
 def _has(items: Any, name: str) -> bool:

@@ -13,8 +13,6 @@ model, batch or data-position settings differ is a ConfigError naming the keys, 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from typing import Any
 
@@ -24,6 +22,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from gptx import fs
 from gptx.errors import ConfigError
 from gptx.train import logs
 
@@ -86,12 +85,12 @@ def mismatch(tree: Any, saved: dict[str, list[int]]) -> str | None:
 
 def move_aside(checkpoint_dir: str, step: int) -> str:
     """Moves the step's directory to WORKDIR/damaged_checkpoints/ (never deletes it); returns the new path."""
-    src = os.path.join(checkpoint_dir, str(step))
-    dst_root = os.path.join(os.path.dirname(checkpoint_dir.rstrip("/")), DAMAGED)
-    os.makedirs(dst_root, exist_ok=True)
-    dst = os.path.join(dst_root, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if os.path.exists(src):
-        shutil.move(src, dst)
+    src = fs.join(checkpoint_dir, str(step))
+    dst_root = fs.join(fs.dirname(checkpoint_dir.rstrip("/")), DAMAGED)
+    fs.makedirs(dst_root)
+    dst = fs.join(dst_root, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if fs.exists(src):
+        fs.move(src, dst)
     return dst
 
 
@@ -100,16 +99,17 @@ def move_aside(checkpoint_dir: str, step: int) -> str:
 
 
 def write_config(workdir: str, cfg: ml_collections.ConfigDict) -> None:
-    logs.write_json(os.path.join(workdir, CONFIG), cfg.to_dict())
+    logs.write_json(fs.join(workdir, CONFIG), cfg.to_dict())
 
 
 def saved_config(workdir: str) -> dict[str, Any] | None:
-    path = os.path.join(workdir, CONFIG)
-    if not os.path.exists(path):
+    path = fs.join(workdir, CONFIG)
+    if not fs.exists(path):
         return None
     try:
-        with open(path) as f:
-            return json.load(f)
+        return json.loads(fs.read_text(path))
+    except (fs.StorageError, PermissionError):
+        raise  # a bucket that cannot be read is not "no record"
     except (OSError, ValueError):
         return None  # an unreadable record is no reason to refuse a resume; the checkpoint itself is checked
 

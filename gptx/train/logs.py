@@ -1,44 +1,62 @@
-"""Metric writers: JSONL and TensorBoard, written by process 0 only."""
+"""Metric writers: JSONL and TensorBoard, written by process 0 only, into a local or remote (gs://) workdir."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import shutil
+import tempfile
+import time
 from typing import Any
 
 import jax
 
+from gptx import fs
+
+METRICS = "metrics.jsonl"
+
 
 def write_json(path: str, obj: Any) -> None:
-    """Writes `obj` as JSON to `path` on process 0 only, through a temporary file and a rename, so a reader
-    never sees half a file and an interrupted write leaves the previous one intact."""
+    """Writes `obj` as JSON to `path` on process 0 only, whole or not at all (fs.write_atomic): a reader never
+    sees half a file and an interrupted write leaves the previous one intact."""
     if jax.process_index() != 0:
         return
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, default=str)
-    os.replace(tmp, path)
+    fs.write_atomic(path, json.dumps(obj, indent=1, default=str))
 
 
 class MetricWriter:
-    """Appends `{"step": s, ...}` lines to WORKDIR/metrics.jsonl and scalars to WORKDIR/tensorboard."""
+    """Writes `{"step": s, ...}` lines to WORKDIR/metrics.jsonl and scalars to WORKDIR/tensorboard.
 
-    def __init__(self, workdir: str, tensorboard: bool = True):
+    On local disk each row is appended. An object store cannot append (gcsfs would overwrite), so on a URL the
+    rows are kept in memory and the whole object is rewritten: at most every `upload_every_s` as rows come, and
+    always at `flush` (the loop flushes before each checkpoint, so every row up to a saved step is in the bucket
+    when the checkpoint is) and at `close`.
+    """
+
+    def __init__(self, workdir: str, tensorboard: bool = True, upload_every_s: float = 30.0):
         self.active = jax.process_index() == 0
-        self.path = os.path.join(workdir, "metrics.jsonl")
-        self._tb = None
-        if self.active and tensorboard:
-            from tensorboardX import SummaryWriter
-
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        self.path = fs.join(workdir, METRICS)
+        self.remote = fs.is_remote(workdir)
+        self.upload_every_s = upload_every_s
+        self._rows: list[dict[str, Any]] | None = None  # remote: every row of the run, uploaded whole
+        self._uploaded = time.monotonic()
+        self._dirty = False
+        self._tb = _Events(fs.join(workdir, "tensorboard")) if self.active and tensorboard else None
 
     def write(self, step: int, metrics: dict[str, Any]) -> None:
         if not self.active:
             return
         clean = {k: float(v) for k, v in metrics.items()}
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"step": step, **{k: _json_float(v) for k, v in clean.items()}}) + "\n")
+        row = {"step": step, **{k: _json_float(v) for k, v in clean.items()}}
+        if self.remote:
+            self._remote_rows().append(row)
+            self._dirty = True
+            if time.monotonic() - self._uploaded >= self.upload_every_s:
+                self.flush()
+        else:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(row) + "\n")
         if self._tb is not None:
             for k, v in clean.items():
                 if math.isfinite(v):
@@ -46,31 +64,85 @@ class MetricWriter:
 
     def truncate_after(self, step: int) -> None:
         """Drops the rows of steps after `step` (those a killed run logged after its last checkpoint), so a
-        resumed run's metrics.jsonl has each step once. Rewritten whole through a rename, never half-written."""
-        if not self.active or not os.path.exists(self.path):
+        resumed run's metrics.jsonl has each step once. Rewritten whole, never half-written."""
+        if not self.active or not fs.exists(self.path):
             return
-        rows = read_metrics(os.path.dirname(self.path))
+        rows = self._remote_rows() if self.remote else _read_rows(self.path)
         keep = [r for r in rows if r.get("step", 0) <= step]
         if len(keep) == len(rows):
             return
-        tmp = f"{self.path}.tmp{os.getpid()}"
-        with open(tmp, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in keep)
-        os.replace(tmp, self.path)
+        if self.remote:
+            self._rows, self._dirty = keep, True
+            self.flush()
+        else:
+            fs.write_atomic(self.path, _jsonl(keep))
+
+    def flush(self) -> None:
+        """Uploads the rows (remote workdirs; local rows are already on disk) and TensorBoard's events."""
+        if self.active and self.remote and self._dirty:
+            fs.write_atomic(self.path, _jsonl(self._rows or []))
+            self._dirty, self._uploaded = False, time.monotonic()
+        if self._tb is not None:
+            self._tb.flush()
 
     def close(self) -> None:
+        self.flush()
         if self._tb is not None:
             self._tb.close()
+
+    def _remote_rows(self) -> list[dict[str, Any]]:
+        if self._rows is None:  # a resumed run continues the rows its predecessor uploaded
+            self._rows = _read_rows(self.path) if fs.exists(self.path) else []
+        return self._rows
+
+
+class _Events:
+    """TensorBoard scalars into WORKDIR/tensorboard. A remote logdir gets its events written to a local temporary
+    directory and uploaded whole at each flush (tensorboardX's own gs:// writer needs google-cloud-storage, and
+    re-uploads from its destructor, which hangs a process whose bucket has gone)."""
+
+    def __init__(self, logdir: str):
+        from tensorboardX import SummaryWriter
+
+        self.logdir = logdir
+        self.local = tempfile.mkdtemp(prefix="gptx-tensorboard-") if fs.is_remote(logdir) else None
+        self.writer = SummaryWriter(self.local or logdir)
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        self.writer.add_scalar(tag, value, step)
+
+    def flush(self) -> None:
+        self.writer.flush()
+        self._upload()
+
+    def close(self) -> None:
+        self.writer.close()
+        self._upload()
+        if self.local is not None:
+            shutil.rmtree(self.local, ignore_errors=True)
+
+    def _upload(self) -> None:
+        if self.local is not None:
+            for name in os.listdir(self.local):  # one events file per writer; a resumed run adds its own
+                fs.copy(os.path.join(self.local, name), fs.join(self.logdir, name))
 
 
 def _json_float(v: float) -> float | str:
     return v if math.isfinite(v) else str(v)
 
 
+def _jsonl(rows: list[dict[str, Any]]) -> str:
+    return "".join(json.dumps(r) + "\n" for r in rows)
+
+
+def _read_rows(path: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in fs.read_text(path).splitlines() if line.strip()]
+
+
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
     """All metric lines of a run, in order."""
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    path = fs.join(os.fspath(workdir), METRICS)
+    return _read_rows(path) if fs.exists(path) else []
+
+
+__all__ = ["METRICS", "MetricWriter", "read_metrics", "write_json"]

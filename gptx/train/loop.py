@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import signal
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -26,6 +25,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 from gptx import flops as flops_lib
+from gptx import fs
 from gptx import mesh as mesh_lib
 from gptx.errors import NonFiniteLossError, Preempted
 from gptx.train import checkpoints, integrity
@@ -169,7 +169,7 @@ class TrainLoop:
         self.pbar = None
 
     def run(self) -> LoopResult:
-        os.makedirs(self.workdir, exist_ok=True)
+        fs.makedirs(self.workdir)  # a no-op on an object store
         if checkpoints.all_steps(self.workdir):
             integrity.check_resume(self.workdir, self.config, checkpoints.has_data_position(self.workdir))
         integrity.write_config(self.workdir, self.config)
@@ -285,6 +285,7 @@ class TrainLoop:
         self._flush()  # never checkpoint a state whose loss or gradient was not finite
         if not bool(_all_finite(self.state)):
             self._diverged(f"the parameters are not finite at step {step}")
+        self.writer.flush()  # a remote metrics.jsonl holds every row up to a saved step (resumes truncate after it)
         checkpoints.save(self.mngr, step, self.state, self.data_iter)
 
     def _diverged(self, what: str) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -14,6 +13,7 @@ from jax.sharding import Mesh
 
 from gptx import config as config_lib
 from gptx import flops as flops_lib
+from gptx import fs
 from gptx import mesh as mesh_lib
 from gptx.data import loader, sources
 from gptx.data import tokenizer as tokenizer_lib
@@ -31,7 +31,7 @@ def tokenizer_path(cfg: ml_collections.ConfigDict, workdir: str) -> str:
     if cfg.data.tokenizer:
         return cfg.data.tokenizer
     own = FILES[cfg.tokenizer.kind]
-    return tokenizer_lib.find(workdir) or os.path.join(workdir, own)
+    return tokenizer_lib.find(workdir) or fs.join(workdir, own)
 
 
 def train_tokenizer(cfg: ml_collections.ConfigDict, workdir: str) -> tokenizer_lib.Tokenizer:
@@ -44,8 +44,8 @@ def train_tokenizer(cfg: ml_collections.ConfigDict, workdir: str) -> tokenizer_l
     if jax.process_index() == 0:  # a silent phase of seconds to minutes: say what runs
         print(f"training a {t.vocab_size}-token {t.kind} tokenizer on {len(docs):,} documents", file=sys.stderr)
     tok = tokenizer_lib.train_from_config(docs, t)
-    path = cfg.data.tokenizer or os.path.join(workdir, FILES[t.kind])
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    path = cfg.data.tokenizer or fs.join(workdir, FILES[t.kind])
+    fs.makedirs(fs.dirname(fs.absolute(path)))
     if jax.process_index() == 0:
         tok.save(path)
     logging.info("trained a %d-token %s tokenizer -> %s", tok.vocab_size, t.kind, path)
@@ -55,7 +55,7 @@ def train_tokenizer(cfg: ml_collections.ConfigDict, workdir: str) -> tokenizer_l
 def load_tokenizer(cfg: ml_collections.ConfigDict, workdir: str) -> tokenizer_lib.Tokenizer:
     """The configured tokenizer; the workdir's own is trained when missing."""
     path = tokenizer_path(cfg, workdir)
-    if not cfg.data.tokenizer and not os.path.exists(path):
+    if not cfg.data.tokenizer and not fs.exists(path):
         return train_tokenizer(cfg, workdir)
     return tokenizer_lib.load(path)
 
@@ -67,14 +67,14 @@ def resolve_tokenizer(
     else the tokenizer of the first of `init_runs` (workdirs) that has one, else WORKDIR's own (trained on
     config.data.corpus when missing). The one used is saved into WORKDIR, so a run that starts from this one,
     and `sample`/`eval` on it, find it there."""
-    found = (tokenizer_lib.find(r) for r in init_runs if r and os.path.isdir(r))
+    found = (tokenizer_lib.find(r) for r in init_runs if r and fs.isdir(r))
     src = cfg.data.tokenizer or next((f for f in found if f), "")
     if not src:
         return load_tokenizer(cfg, workdir)
     tok = tokenizer_lib.load(src)
-    os.makedirs(workdir, exist_ok=True)
+    fs.makedirs(workdir)
     if jax.process_index() == 0 and tokenizer_lib.find(workdir) is None:
-        tok.save(workdir)
+        tok.save(fs.join(workdir, FILES[tok.kind]))
     return tok
 
 
