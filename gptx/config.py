@@ -50,6 +50,8 @@ def default() -> ml_collections.ConfigDict:
     # auto: splash on TPUs, else jax.nn.dot_product_attention's choice (cuDNN on GPUs, xla on CPUs); xla | cudnn;
     # splash: Pallas splash attention (gptx/models/splash.py; interpreted, slowly, off TPU; no attn_dropout)
     c.model.attention_impl = "auto"
+    c.model.splash_block_q = 0  # splash's query tile (a multiple of 128); 0: 512
+    c.model.splash_block_kv = 0  # splash's key/value tile; 0: 512
     c.model.layer_norm_eps = 1e-5
     c.model.init_std = 0.02
     c.model.dtype = "float32"  # compute dtype (bfloat16 on accelerators)
@@ -407,7 +409,7 @@ def _validate_splash(m: ml_collections.ConfigDict) -> None:
             "config.model.attention_impl=splash never forms: set attn_dropout=0 (or attention_impl=xla)"
         )
     for key in ("splash_block_q", "splash_block_kv"):
-        block = m.get(key, 0)
+        block = m[key]
         if block < 0 or block % 128:
             raise ConfigError(f"config.model.{key}={block} must be a multiple of 128 (0: the default, 512)")
 

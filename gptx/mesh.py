@@ -12,6 +12,7 @@ Models annotate parameters and activations with logical axis names (`batch`, `em
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -198,3 +199,23 @@ def put_batch(mesh: Mesh, local_batch: Mapping[str, np.ndarray]) -> dict[str, ja
         spec = PartitionSpec(*sharding.spec[: x.ndim])
         out[name] = jax.make_array_from_process_local_data(NamedSharding(mesh, spec), x, global_shape)
     return out
+
+
+def shard_map_spec(
+    mesh: Mesh | AbstractMesh, logical_axes: tuple[str | None, ...], shape: tuple[int, ...]
+) -> PartitionSpec:
+    """The `shard_map` in/out spec of an array of `shape` whose dimensions carry these logical names.
+
+    Unlike a sharding constraint, a shard_map spec must split its dimension evenly, so a dimension the mesh
+    axes do not divide (a batch of 1 in evaluation, 2 heads over tensor=4) is kept whole on every device.
+    """
+    spec = []
+    for axes, size in zip(nn.logical_to_mesh_axes(logical_axes, LOGICAL_RULES), shape, strict=True):
+        names = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+        names = tuple(a for a in names if a in mesh.axis_names)
+        split = math.prod(mesh.shape[a] for a in names)
+        if not names or size % split:
+            spec.append(None)
+        else:
+            spec.append(names[0] if len(names) == 1 else names)
+    return PartitionSpec(*spec)

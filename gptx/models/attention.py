@@ -1,8 +1,11 @@
 """Causal self-attention: dense or locally banded, packed-sequence aware.
 
-The fast path is `jax.nn.dot_product_attention`, so cuDNN's fused kernel serves GPUs (including the
-sliding window of GPT-3's banded layers) and XLA's fused softmax serves CPUs and TPUs. Attention-probability
-dropout (GPT-1/2 train with it) needs the probabilities, so that case uses an explicit softmax.
+The fast paths: on TPUs, Pallas splash attention (gptx/models/splash.py: block-sparse, no [T, S] scores, banded
+layers skip the tiles outside their band); elsewhere `jax.nn.dot_product_attention`, so cuDNN's fused kernel
+serves GPUs (including the sliding window of GPT-3's banded layers) and XLA's fused softmax serves CPUs.
+`implementation` None (config `auto`) picks splash on TPUs and lets JAX pick otherwise. Attention-probability
+dropout (GPT-1/2 train with it) needs the probabilities, so that case uses an explicit softmax; splash cannot
+apply it and refuses. Decoding with a KV cache (`cached_attention`) keeps its own explicit path.
 """
 
 from __future__ import annotations
@@ -10,6 +13,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
+
+from gptx.errors import ConfigError
+from gptx.models import splash
 
 
 def token_einsum(spec: str, x: jax.Array, w: jax.Array) -> jax.Array:
@@ -66,14 +72,27 @@ def dot_product_attention(
     dropout_rate: float = 0.0,
     dropout_rng: jax.Array | None = None,
     implementation: str | None = None,
+    splash_blocks: tuple[int, int] = (splash.DEFAULT_BLOCK, splash.DEFAULT_BLOCK),
 ) -> jax.Array:
     """Causal attention over q, k, v of shape [B, T, N, H]; returns [B, T, N, H].
 
     Token t attends to tokens s <= t of its own segment (segment_ids [B, T], 0 = padding) and, when `window`
-    is set, only to the `window` most recent ones (itself included).
+    is set, only to the `window` most recent ones (itself included). `implementation`: None (splash on TPUs,
+    else JAX's choice), "splash", or one of `jax.nn.dot_product_attention`'s ("xla", "cudnn");
+    `splash_blocks` = (block_q, block_kv), splash's tiles.
     """
     if dropout_rate > 0.0 and dropout_rng is not None:
+        if implementation == "splash":
+            raise ConfigError(
+                f"config.model.attn_dropout={dropout_rate}: splash attention cannot drop attention probabilities "
+                "(it never forms them); set config.model.attn_dropout=0 or config.model.attention_impl=xla"
+            )
         return _attention_with_dropout(q, k, v, segment_ids, window, dropout_rate, dropout_rng)
+    if implementation == "splash" or (implementation is None and splash.on_tpu()):
+        block_q, block_kv = splash_blocks
+        return splash.splash_attention(
+            q, k, v, segment_ids=segment_ids, window=window, block_q=block_q, block_kv=block_kv
+        )
     mask = None
     if segment_ids is not None:
         mask = segment_ids[:, None, :, None] == segment_ids[:, None, None, :]  # [B, 1, T, S]
@@ -150,6 +169,8 @@ class CausalSelfAttention(nn.Module):
     out_init_std: float = 0.02
     init_std: float = 0.02
     implementation: str | None = None
+    splash_block_q: int = 0  # splash attention's query tile; 0: splash.DEFAULT_BLOCK
+    splash_block_kv: int = 0  # and key/value tile
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
     deterministic: bool = True
@@ -210,6 +231,7 @@ class CausalSelfAttention(nn.Module):
             dropout_rate=self.attn_dropout if use_dropout else 0.0,
             dropout_rng=self.make_rng("dropout") if use_dropout else None,
             implementation=self.implementation,
+            splash_blocks=(self.splash_block_q or splash.DEFAULT_BLOCK, self.splash_block_kv or splash.DEFAULT_BLOCK),
         )
 
     def _project_out(self, y: jax.Array, d_model: int) -> jax.Array:

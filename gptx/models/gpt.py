@@ -51,6 +51,8 @@ class GPTConfig:
     remat: str = "none"
     scan_layers: bool = False
     logits_chunk: int = 0  # positions per chunk of the losses' logits (gptx/models/vocab_tiling.py); 0: all
+    splash_block_q: int = 0  # splash attention's query / key-value tiles (multiples of 128); 0: 512
+    splash_block_kv: int = 0
     name: str = "custom"
 
     def __post_init__(self):
@@ -160,6 +162,8 @@ class Block(nn.Module):
             out_init_std=_resid_std(cfg),
             init_std=cfg.init_std,
             implementation=None if cfg.attention_impl == "auto" else cfg.attention_impl,
+            splash_block_q=cfg.splash_block_q,
+            splash_block_kv=cfg.splash_block_kv,
             dtype=cfg.dtype,
             param_dtype=cfg.param_dtype,
             deterministic=self.deterministic,

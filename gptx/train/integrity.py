@@ -33,7 +33,10 @@ DAMAGED = "damaged_checkpoints"
 RESUME_KEYS = ("model", "data.seq_len", "data.worker_count", "data.corpus", "train.batch_size")
 # Model keys that choose how the same model is computed, not what it is: a resumed run may change them (e.g.
 # more rematerialisation or vocab tiling after running out of memory).
-EXECUTION_KEYS = ("model.remat", "model.logits_chunk", "model.attention_impl", "model.name")
+EXECUTION_KEYS = (
+    "model.remat", "model.logits_chunk", "model.attention_impl", "model.splash_block_q", "model.splash_block_kv",
+    "model.name",
+)  # fmt: skip
 
 
 def path_name(path) -> str:
