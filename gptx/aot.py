@@ -336,9 +336,11 @@ def target_devices(target: Target, num_slices: int = 1) -> tuple[list[Any] | Non
     return None, f"no compiler for {target.chip} without the hardware: figures from abstract evaluation"
 
 
-def run(cfg: ml_collections.ConfigDict, workdir: str) -> MemoryReport:
+def run(cfg: ml_collections.ConfigDict, workdir: str, analyze_fn=None) -> MemoryReport:
     """The `aot` command: analyze config.aot.topology, print the table, write WORKDIR/aot_report.json.
 
+    analyze_fn: what to compile, `analyze` (the LM train step) by default; `gptx.rlhf.aot.analyze` for PPO (the
+    caller picks it, so this module never imports gptx.rlhf, which imports it).
     Raises ConfigError when the step does not fit the device memory, so scripts can stop before renting a pod.
     """
     a = cfg.aot
@@ -346,12 +348,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> MemoryReport:
         raise ConfigError("config.aot.topology is required, e.g. --config.aot.topology=v5e:4x4 (or h100:2x8, cpu:8)")
     target = parse_topology(a.topology, a.num_slices, a.device_memory_gib)
     devices, note = target_devices(target, a.num_slices)
-    if cfg.rlhf.stage == "ppo":
-        from gptx.rlhf import aot as rlhf_aot  # late: the PPO step pulls in gptx.rlhf
-
-        report = rlhf_aot.analyze(cfg, target, devices, note)
-    else:
-        report = analyze(cfg, target, devices, note)
+    report = (analyze_fn or analyze)(cfg, target, devices, note)
     print(report.table())
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, REPORT), "w") as f:

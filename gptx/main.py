@@ -155,7 +155,14 @@ def _scaling(cfg, workdir: str, action: str) -> None:
 def _aot(cfg, workdir: str) -> None:
     from gptx import aot
 
-    aot.run(cfg, workdir)  # prints the memory table, writes WORKDIR/aot_report.json; ConfigError when it won't fit
+    analyze = None
+    if cfg.rlhf.stage == "ppo":  # InstructGPT's PPO iteration: four models, scoring and the update
+        from gptx.rlhf import aot as rlhf_aot
+
+        analyze = rlhf_aot.analyze
+    aot.run(
+        cfg, workdir, analyze
+    )  # prints the memory table, writes WORKDIR/aot_report.json; ConfigError when it won't fit
 
 
 def _eval(cfg, workdir: str) -> None:

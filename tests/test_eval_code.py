@@ -13,7 +13,7 @@ from test_config import run_cli
 from test_eval_command import OVERRIDES, TINY, tiny_workdir
 
 from gptx import mesh as mesh_lib
-from gptx.eval import code, harness, sandbox
+from gptx.eval import code, harness, sandbox, taskfile
 from gptx.eval import tasks as T
 from gptx.eval.metrics import pass_at_k
 from gptx.eval.requests import LM
@@ -23,7 +23,7 @@ SETTINGS = code.Settings(limits=sandbox.Limits(timeout_s=5.0, cpu_s=5, memory_mb
 
 
 def problems(name: str) -> tuple[T.Task, list[dict]]:
-    task = T.get(name)
+    task = taskfile.get(name)
     return task, [d for _, d in harness.load_task(task, "").docs]
 
 
@@ -68,7 +68,7 @@ def test_a_code_task_needs_a_known_format_and_pass_k():
         T.Task("x", T.CODE, "builtin:humaneval_mini.jsonl", "jsonl", program_format="nope")
     with pytest.raises(ValueError, match="do not apply"):
         T.Task("x", T.CODE, "builtin:humaneval_mini.jsonl", "jsonl", program_format="humaneval", metrics=("pass@3",))
-    assert T.get("humaneval_mini").active_metrics == ("pass@1",)
+    assert taskfile.get("humaneval_mini").active_metrics == ("pass@1",)
 
 
 class ByteTokenizer:
@@ -93,6 +93,7 @@ def tiny_lm():
     return LM(model, params, ByteTokenizer(), batch_size=8)
 
 
+@pytest.mark.slow  # about a minute of compiling on 2 cores
 def test_n_samples_are_independent_at_a_temperature_and_equal_when_greedy(tiny_lm):
     requests = [("def add(a, b):", ())] * 4 + [("The king", ())] * 4
     sampled = tiny_lm.generate_until(requests, 8, temperature=1.0, seed=3)

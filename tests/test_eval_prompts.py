@@ -6,7 +6,7 @@ import pytest
 from conftest import SHARED_DATA
 
 from gptx.data.sources import DataError
-from gptx.eval import harness
+from gptx.eval import harness, taskfile
 from gptx.eval import metrics as M
 from gptx.eval import tasks as T
 
@@ -84,12 +84,12 @@ def test_exact_match_with_configurable_normalisation():
     assert M.exact_match(" 143", "143", M.Normalization(strip=False)) == 0.0
     assert M.exact_match("Paris", "paris") == 0.0
     assert M.exact_match("Paris!", "paris", M.Normalization(ignore_case=True, ignore_punctuation=True)) == 1.0
-    gsm = T.get("gsm8k").normalization
+    gsm = taskfile.get("gsm8k").normalization
     assert M.exact_match("$1,234.", "1234", gsm) == 1.0 and M.exact_match("1,235", "1234", gsm) == 0.0
 
 
 def test_gsm8k_answer_extraction():
-    task = T.get("gsm8k")
+    task = taskfile.get("gsm8k")
     chain = "She sells 16 - 3 - 4 = 9 eggs.\nShe makes 9 * 2 = $18.\n#### 18\n\nQuestion: next"
     assert M.extract_answer(chain, task.extract, task.extract_fallback) == "18"
     assert M.extract_answer("#### -1,500 dollars", task.extract) == "-1,500"
@@ -104,7 +104,7 @@ def test_gsm8k_answer_extraction():
 
 @needs_data
 def test_gsm8k_files_read_and_every_gold_answer_is_extracted():
-    data = harness.load_task(T.get("gsm8k"), str(SHARED_DATA))
+    data = harness.load_task(taskfile.get("gsm8k"), str(SHARED_DATA))
     assert len(data.docs) == 1319 and len(data.pool) == 7473 and set(data.malformed.values()) == {0}
     for _, doc in data.docs:
         # The reference answer is the number after "####" in the worked solution, commas removed by normalisation.
@@ -150,7 +150,7 @@ def test_model_graded_metric_is_the_normalised_probability_of_yes():
     ],
 )
 def test_task_entries_read_the_shared_files(name, n, first):
-    task = T.get(name)
+    task = taskfile.get(name)
     data = harness.load_task(task, str(SHARED_DATA))
     assert len(data.docs) == n and set(data.malformed.values()) == {0}
     doc = data.docs[0][1]
@@ -175,11 +175,11 @@ def test_bad_records_are_counted_with_their_lines(tmp_path):
                        str(tmp_path))  # fmt: skip
     assert len(docs.docs) == 1 and docs.malformed == 2 and docs.malformed_lines == [2, 3]
     with pytest.raises(DataError, match="unknown eval task 'nope'"):
-        T.get("nope")
+        taskfile.get("nope")
     with pytest.raises(ValueError, match="metrics \\['exact_match'\\] do not apply to a choice task"):
         T.Task("x", T.CHOICE, "f", "jsonl", metrics=("exact_match",))
     with pytest.raises(FileNotFoundError, match="set config.eval.data_dir"):
-        T.load_docs(T.get("lambada"), "missing.jsonl", str(tmp_path))
+        T.load_docs(taskfile.get("lambada"), "missing.jsonl", str(tmp_path))
 
 
 def test_format_table_lists_each_metric_with_its_stderr():

@@ -258,4 +258,4 @@ def test_a_wrong_task_file_names_the_file_and_the_key(tmp_path, body, message):
 
 def test_builtin_task_files_load():
     assert {"humaneval_mini", "mbpp_mini"} <= set(taskfile.builtin_files())
-    assert T.get("humaneval_mini").kind == T.CODE
+    assert taskfile.get("humaneval_mini").kind == T.CODE

@@ -195,6 +195,7 @@ def test_finetune_grows_the_embedding_with_no_flags(converted, tmp_path):
     assert results["special_tokens"]["start"] == 50257
 
 
+@pytest.mark.slow  # about a minute of compiling on 2 cores
 def test_finetune_starts_from_the_converted_run(converted, tmp_path):
     """The fine-tuning tokens go after GPT-2's 50,257 ids, so the converted token table grows by three rows."""
     results = finetune_from(converted[0], tmp_path, "--config.model.vocab_size=50260")

@@ -103,6 +103,7 @@ def iterations(cfg, mesh, n: int = 3):
     return rows, state, jax.device_get((state.policy.params, state.value.params))
 
 
+@pytest.mark.slow  # about a minute of compiling on 2 cores
 def test_policy_and_a_wider_deeper_reward_model_train_on_a_2x2x2_mesh_as_on_one_device():
     cfg = config(n_layer=2, d_model=48, n_head=4)  # policy: 1 layer x 32, 2 heads
     single, _, single_params = iterations(cfg, mesh_lib.make_mesh(cfg.mesh, devices=jax.devices()[:1]))

@@ -168,6 +168,14 @@ def resolve(entry: str) -> list[T.Task]:
     raise DataError(f"unknown eval task {entry!r}: not a task file, a group or one of {', '.join(known)}")
 
 
+def get(name: str) -> T.Task:
+    """One built-in task by name: a registry entry or a task file of gptx/eval/builtin."""
+    tasks = resolve(name)
+    if len(tasks) != 1:
+        raise DataError(f"{name!r} is a group of {len(tasks)} tasks, not one task")
+    return tasks[0]
+
+
 def resolve_all(entries: list[str]) -> list[T.Task]:
     """Tasks of every entry, each once (first occurrence), in order; two different tasks may not share a name."""
     out: dict[str, T.Task] = {}

@@ -401,18 +401,6 @@ def _renders(task: Task, doc: dict[str, Any]) -> bool:
     return True
 
 
-def get(name: str) -> Task:
-    """A built-in task by name: a registry entry or a task file in gptx/eval/builtin."""
-    if name in TASKS:
-        return TASKS[name]
-    from gptx.eval import taskfile  # it builds Tasks: imported here, not at the top, to avoid a cycle
-
-    tasks = taskfile.resolve(name)
-    if len(tasks) != 1:
-        raise DataError(f"{name!r} is a group of {len(tasks)} tasks, not one task")
-    return tasks[0]
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # The registry
 
