@@ -116,7 +116,7 @@ def load_lm(cfg: ml_collections.ConfigDict, workdir: str, mesh=None) -> LM:
 def request_cache(cfg: ml_collections.ConfigDict, workdir: str, model) -> RequestCache | None:
     """WORKDIR/eval_cache/ of the latest checkpoint (config.eval.cache), for one process on a local workdir: every
     process must run the same batches, and object stores cannot append."""
-    if not cfg.eval.cache or jax.process_count() > 1 or "://" in str(workdir):
+    if not cfg.eval.cache or jax.process_count() > 1 or fs.is_remote(workdir):
         return None
     scored_by = {k: getattr(model.cfg, k) for k in integrity.SHAPE_KEYS} | {"dtype": str(model.cfg.dtype)}
     return RequestCache.for_checkpoint(str(workdir), checkpoints.latest_step(workdir), scored_by)

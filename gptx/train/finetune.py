@@ -143,7 +143,7 @@ def _lm_target_weights(batch) -> jax.Array:
 
 
 def apply(model: heads.FinetuneModel, params, batch, rng: jax.Array | None = None, with_lm: bool = False):
-    """(task logits [B, C], LM logits [B, S, T, V] or None) of a batch; rng None: dropout off."""
+    """(task logits [B, C], final hidden states [B, S, T, D] or None) of a batch; rng None: dropout off."""
     return model.apply(
         {"params": params},
         batch["tokens"],
