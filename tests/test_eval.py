@@ -214,6 +214,16 @@ def test_scores_and_metrics_do_not_depend_on_the_batch_size(tok, tiny_lm_parts):
     assert runs[0][1]["mean_shots"] == 1.0 and runs[0][0]["n"] == 14
 
 
+def test_a_progress_bar_counts_the_batches_of_a_call(tok, tiny_lm_parts, capsys):
+    model, params = tiny_lm_parts
+    requests = [(f"{q}:", " king") for q in "ABCDEF"]  # 6 requests, 3 batches of 2
+    LM(model, params, tok, batch_size=2).loglikelihood(requests)
+    assert "log-likelihoods" not in capsys.readouterr().err  # off unless asked (config.train.progress)
+    LM(model, params, tok, batch_size=2, progress=True).loglikelihood(requests)
+    err = capsys.readouterr().err
+    assert "log-likelihoods" in err and "0/3" in err  # a bar over the 3 batches (cleared when done)
+
+
 def test_generate_until_is_greedy_decoding_cut_at_the_stop_string(tok, tiny_lm_parts):
     model, params = tiny_lm_parts
     lm = LM(model, params, tok, batch_size=2)
@@ -300,3 +310,37 @@ def test_a_rerun_scores_only_requests_the_cache_has_not_seen(tok, tiny_lm_parts,
     with open(path, "a") as f:
         f.write('["cut-off line')  # a run killed mid-write: the line is ignored, nothing else lost
     assert len(RequestCache(path).scores) == len(more)
+
+
+def test_length_buckets_pad_by_at_most_a_quarter_and_compile_four_shapes_per_octave():
+    from gptx.eval.requests import MIN_BUCKET, bucket_length
+
+    lengths = range(1, 2049)
+    padded = [bucket_length(n, 2048) for n in lengths]
+    assert all(b >= n for n, b in zip(lengths, padded, strict=True))
+    assert all(b == MIN_BUCKET for n, b in zip(lengths, padded, strict=True) if n <= MIN_BUCKET)
+    assert max(b / n for n, b in zip(lengths, padded, strict=True) if n > MIN_BUCKET) <= 1.25
+    assert padded == sorted(padded)  # a longer row never pads shorter
+    octave = {b for b in padded if 1024 < b <= 2048}
+    assert octave == {1280, 1536, 1792, 2048}
+    assert bucket_length(3000, 2048) == 2048
+
+
+def test_continuations_longer_and_shorter_than_the_scored_window_equal_a_full_forward_pass():
+    """Scores read from the head's window (a continuation's last tokens) equal log-softmax of the full logits."""
+    cfg = tiny_config().model
+    model = GPT(GPTConfig.from_config(cfg))
+    params = model.init(jax.random.key(0), np.zeros((1, 8), np.int32))["params"]
+    rng = np.random.default_rng(0)
+    requests = [
+        (rng.integers(1, cfg.vocab_size, nc).tolist(), rng.integers(1, cfg.vocab_size, nx).tolist())
+        for nc, nx in [(1, 1), (2, 3), (12, 20), (24, 9), (30, 1), (1, 7)]  # rows up to block_size + 1
+    ]
+    got = LM(model, params, batch_size=4).loglikelihood_tokens(requests)
+    for (ctx, cont), score in zip(requests, got, strict=True):
+        row = np.asarray([ctx + cont])
+        logp = jax.nn.log_softmax(model.apply({"params": params}, row[:, :-1]).astype(np.float32))[0]
+        want = sum(float(logp[len(ctx) - 1 + j, t]) for j, t in enumerate(cont))
+        greedy = all(int(np.argmax(logp[len(ctx) - 1 + j])) == t for j, t in enumerate(cont))
+        np.testing.assert_allclose(score.logprob, want, rtol=1e-5, atol=1e-4)
+        assert score.is_greedy == greedy and score.n_tokens == len(cont)

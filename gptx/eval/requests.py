@@ -5,8 +5,11 @@
   generate_until(context, until)       -> greedy continuation, cut at the first stop string
 
 `LM` runs them on a gptx model. Requests are deduplicated, sorted by length (longest first, so the first batch
-shows the memory peak) and cut into fixed-size batches of one power-of-two length bucket each, which bounds the
-number of compilations and computes a request at the same padded length whatever else is in its batch. Each
+shows the memory peak) and cut into fixed-size batches of one length bucket each (four per octave, so padding
+adds at most a quarter), which bounds the number of compilations and computes a request at the same padded
+length whatever else is in its batch. The LM head runs only where a continuation is scored: a multiple-choice
+request's few continuation tokens, not every context position, which at GPT-2's vocabulary is most of the
+FLOPs of a forward pass. Each
 score is read from its own row and summed on the host in float64, so another batch size changes a score only by
 float32 rounding (XLA may order a matmul's sums differently for another batch shape, ~1e-6 nats): the metrics
 are the same for any batch size.
@@ -27,6 +30,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -84,9 +88,24 @@ class Rolling:
         return math.exp(-self.logprob / max(self.n_words, 1))
 
 
-def bucket_length(n: int, max_len: int) -> int:
-    """Padded length of a batch whose longest row has n tokens: the next power of two (>= MIN_BUCKET), capped."""
-    return min(max(MIN_BUCKET, 1 << (n - 1).bit_length()), max_len)
+def bucket_length(n: int, max_len: int, per_octave: int = 4) -> int:
+    """Padded length of a batch whose longest row has n tokens, capped at max_len.
+
+    Lengths up to MIN_BUCKET pad to MIN_BUCKET; above it, to the next of `per_octave` evenly spaced lengths
+    between consecutive powers of two (n = 65 -> 80, 100 -> 112, 129 -> 160), so padding adds at most
+    1/per_octave of the length while a run compiles only per_octave shapes per doubling.
+    """
+    if n <= MIN_BUCKET:
+        return min(MIN_BUCKET, max_len)
+    step = max((1 << (n - 1).bit_length()) // (2 * per_octave), 1)  # octave (p/2, p] in per_octave steps
+    return min(-(-n // step) * step, max_len)
+
+
+def score_width(n_cont: int, t: int) -> int:
+    """Positions the LM head scores in a batch whose longest continuation has n_cont tokens: the next power of
+    two (at least 8, at most the padded length t), so a continuation's position in the window is the same for
+    any batch it lands in."""
+    return min(max(8, 1 << (n_cont - 1).bit_length()), t)
 
 
 def rolling_windows(n_tokens: int, max_len: int, stride: int = 0) -> list[tuple[int, int, int]]:
@@ -244,37 +263,45 @@ class LM:
                     f"got {len(ctx)} and {len(cont)}"
                 )
         rows = [(ctx + cont)[-(self.max_len + 1) :] for ctx, cont in unique]
-        # Longest first; a batch holds rows of one length bucket only, so every row is always computed at the
-        # same padded length, whatever the batch size and the other requests.
-        buckets = [bucket_length(len(r) - 1, self.max_len) for r in rows]
-        order = sorted(range(len(rows)), key=lambda i: (-buckets[i], -len(rows[i]), i))
+        n_cont = [len(cont) for _, cont in unique]
+        # Longest first; a batch holds rows of one (length, scored width) bucket only, so every row is always
+        # computed at the same shapes, whatever the batch size and the other requests.
+        shape = [bucket_length(len(r) - 1, self.max_len) for r in rows]
+        shape = [(t, score_width(k, t)) for t, k in zip(shape, n_cont, strict=True)]
+        order = sorted(range(len(rows)), key=lambda i: (-shape[i][0], -shape[i][1], -len(rows[i]), i))
         chunks = []
-        for b in dict.fromkeys(buckets[i] for i in order):
-            group = [i for i in order if buckets[i] == b]
-            chunks += [group[s : s + self.batch_size] for s in range(0, len(group), self.batch_size)]
+        for b in dict.fromkeys(shape[i] for i in order):
+            group = [i for i in order if shape[i] == b]
+            chunks += [(b, group[s : s + self.batch_size]) for s in range(0, len(group), self.batch_size)]
         scores: dict[int, Loglikelihood] = {}
-        for chunk in self._batches(chunks, "log-likelihoods"):
-            logp, greedy = self._run([rows[i] for i in chunk])
-            for r, i in enumerate(chunk):
-                n_in, n_cont = len(rows[i]) - 1, len(unique[i][1])
-                lp, gr = logp[r, n_in - n_cont : n_in], greedy[r, n_in - n_cont : n_in]
-                scores[i] = Loglikelihood(float(np.sum(lp, dtype=np.float64)), bool(np.all(gr)), n_cont)
+        for (t, width), chunk in self._batches(chunks, "log-likelihoods"):
+            logp, greedy = self._run([rows[i] for i in chunk], t, width)
+            for r, i in enumerate(chunk):  # the continuation is the last n_cont of the row's scored window
+                lp, gr = logp[r, width - n_cont[i] :], greedy[r, width - n_cont[i] :]
+                scores[i] = Loglikelihood(float(np.sum(lp, dtype=np.float64)), bool(np.all(gr)), n_cont[i])
             if self.cache is not None:  # after every batch: an interrupted run keeps what it scored
                 self.cache.add((unique[i], dataclasses.astuple(scores[i])) for i in chunk)
         index = {k: i for i, k in enumerate(unique)}
         return [Loglikelihood(*known[k]) if k in known else scores[index[k]] for k in keys]
 
-    def _run(self, rows: list[tuple[int, ...]]) -> tuple[np.ndarray, np.ndarray]:
-        """Per-token log-probs and greedy flags [batch_size, T] of right-padded rows (inputs row[:-1])."""
-        t = bucket_length(max(len(r) for r in rows) - 1, self.max_len)
+    def _run(self, rows: list[tuple[int, ...]], t: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """Log-probs and greedy flags [batch_size, width] of the last `width` targets of each row (inputs
+        row[:-1], right-padded to t); a row shorter than width is scored from its first target."""
         inputs = np.full((self.batch_size, t), self.pad_id, np.int32)
         targets = np.zeros((self.batch_size, t), np.int32)
+        start = np.zeros((self.batch_size,), np.int32)
         for r, row in enumerate(rows):
             inputs[r, : len(row) - 1] = row[:-1]
             targets[r, : len(row) - 1] = row[1:]
+            start[r] = max(len(row) - 1 - width, 0)
         self.forward_passes += 1
-        logp, greedy = self._score(self.params, inputs, targets)
-        return np.asarray(logp), np.asarray(greedy)
+        logp, greedy = self._score(self.params, inputs, targets, start, width)
+        # A row shorter than width was scored from position 0: shift its targets to the window's end.
+        logp, greedy = np.array(logp), np.array(greedy)
+        for r, row in enumerate(rows):
+            if (short := width - (len(row) - 1)) > 0:
+                logp[r], greedy[r] = np.roll(logp[r], short), np.roll(greedy[r], short)
+        return logp, greedy
 
     def rolling_tokens(self, texts: Sequence[Sequence[int]], stride: int = 0) -> list[float]:
         """log P(tokens) of each token list after the prefix, over `rolling_windows` when longer than the context."""
@@ -406,26 +433,33 @@ def _mesh_rules(mesh: Mesh | None):
 
 @functools.lru_cache(maxsize=16)
 def _make_scorer(model: Any, mesh: Mesh | None):
-    """jit(params, inputs [B, T], targets [B, T]) -> (log P(target) [B, T] f32, target is argmax [B, T] bool).
+    """jit(params, inputs [B, T], targets [B, T], start [B], width) -> (log P(target) [B, width] f32, target is
+    argmax [B, width] bool) at positions start .. start + width - 1 of each row.
 
     One per (model, mesh), shared by every LM over them, so a new LM does not recompile.
     """
 
-    def score(params, inputs, targets):
+    def score(params, inputs, targets, start, width):
         hidden = model.apply({"params": params}, inputs, return_hidden=True)  # [B, T, D]
-        # The [B, T, V] logits exist model.cfg.logits_chunk positions at a time (vocab tiling).
+        # Only the scored window reaches the head: [B, T, D] -> [B, width, D].
+        window = start[:, None] + jnp.arange(width)[None, :]  # [B, width]
+        hidden = jnp.take_along_axis(hidden, window[..., None], axis=1)
+        targets = jnp.take_along_axis(targets, window, axis=1)
+        # The [B, width, V] logits exist model.cfg.logits_chunk positions at a time (vocab tiling).
         wte = nn.meta.unbox(params["wte"])
         return vocab_tiling.token_logprobs(hidden, wte, targets, chunk=model.cfg.logits_chunk)
 
     if mesh is None:
-        return jax.jit(score)
+        return jax.jit(score, static_argnames="width")
     # Rows split over the data-parallel axes; results replicated so that every process can read them.
     batch = mesh_lib.batch_sharding(mesh)
     replicated = NamedSharding(mesh, PartitionSpec())
-    jitted = jax.jit(score, out_shardings=(replicated, replicated))
+    jitted = jax.jit(score, static_argnames="width", out_shardings=(replicated, replicated))
 
-    def run(params, inputs, targets):
+    def run(params, inputs, targets, start, width):
         with mesh_lib.activation_rules(mesh):
-            return jitted(params, jax.device_put(inputs, batch), jax.device_put(targets, batch))
+            rows = NamedSharding(mesh, PartitionSpec(batch.spec[0]))
+            put = lambda x: jax.device_put(x, batch)
+            return jitted(params, put(inputs), put(targets), jax.device_put(start, rows), width)
 
     return run

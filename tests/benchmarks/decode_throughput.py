@@ -20,6 +20,7 @@ import sys
 import time
 
 import numpy as np
+from machine import LoadWatch
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -36,6 +37,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> None:
+    load = LoadWatch()
     args = parse_args(argv)
     sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
     import jax
@@ -126,6 +128,7 @@ def main(argv=None) -> None:
                 "jax": jax.__version__,
                 "torch": torch.__version__,
                 "transformers": transformers.__version__,
+                **load.fields(),
             }
         )
     )

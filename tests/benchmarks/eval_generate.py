@@ -21,6 +21,8 @@ import statistics
 import sys
 import time
 
+from machine import LoadWatch
+
 REPO = os.path.join(os.path.dirname(__file__), "..", "..")
 GPT2_TOKENIZER = os.path.join(REPO, "..", "shared", "data", "gpt2_tokenizer")
 
@@ -53,6 +55,7 @@ def prompts(n: int, tok) -> list[str]:
 
 
 def main(argv=None) -> None:
+    load = LoadWatch()
     args = parse_args(argv)
     if not os.path.exists(os.path.join(GPT2_TOKENIZER, "vocab.json")):
         sys.exit(f"needs GPT-2's tokenizer files in {GPT2_TOKENIZER}")
@@ -97,7 +100,6 @@ def main(argv=None) -> None:
 
     ours, theirs = run_gptx(), run_hf()  # compiles every width bucket; warms PyTorch up
     times = {"gptx": [], "hf": []}
-    load_start = os.getloadavg()[0]
     for _ in range(args.repeats):
         for side, fn in (("gptx", run_gptx), ("hf", run_hf)):
             t = time.perf_counter()
@@ -116,8 +118,7 @@ def main(argv=None) -> None:
                 "shapes": vars(args),
                 "backend": jax.default_backend(),
                 "torch_threads": torch.get_num_threads(),
-                "load_avg_1m_start_end": [load_start, os.getloadavg()[0]],
-                "loaded": max(load_start, os.getloadavg()[0]) > 1.5,
+                **load.fields(),
             }
         )
     )

@@ -21,6 +21,7 @@ import sys
 import time
 
 import numpy as np
+from machine import LoadWatch
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -66,6 +67,7 @@ def hf_scores(model, requests, batch: int, torch) -> list[float]:
 
 
 def main(argv=None) -> None:
+    load = LoadWatch()
     args = parse_args(argv)
     import jax
     import torch
@@ -119,7 +121,7 @@ def main(argv=None) -> None:
                 "shapes": vars(args),
                 "backend": jax.default_backend(),
                 "torch_threads": torch.get_num_threads(),
-                "load_avg_1m": os.getloadavg()[0],
+                **load.fields(),
             }
         )
     )

@@ -22,6 +22,8 @@ import sys
 import tempfile
 import time
 
+from machine import LoadWatch
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
 
@@ -31,6 +33,7 @@ def log(msg: str) -> None:
 
 
 def main(argv=None) -> None:
+    load = LoadWatch()
     p = argparse.ArgumentParser()
     p.add_argument("--batches", type=int, default=200, help="loader batches per timed repeat")
     p.add_argument("--steps", type=int, default=10, help="train steps per timed repeat")
@@ -118,6 +121,7 @@ def main(argv=None) -> None:
                 "train_step_tokens_per_s_all": [round(x) for x in train_rates],
                 "cpu_devices": len(jax.devices()),
                 "numpy": np.__version__,
+                **load.fields(),
             }
         )
     )

@@ -18,6 +18,7 @@ import time
 
 import jax
 import numpy as np
+from machine import LoadWatch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
@@ -65,6 +66,7 @@ def hf_generate_tokens_per_s(c, prompt, mask, repeats: int = 2) -> float:
 
 
 def main() -> None:
+    load = LoadWatch()
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", default="demo", choices=["demo", "350m"])
     parser.add_argument("--iterations", type=int, default=5)
@@ -122,6 +124,7 @@ def main() -> None:
     if args.size == "demo":
         hf = hf_generate_tokens_per_s(c, tokens, mask)
         result.update(hf_generate_tokens_per_s=hf, rollout_ratio_vs_hf=rollout_tps / hf)
+    result.update(load.fields())
     print(json.dumps(result))
 
 

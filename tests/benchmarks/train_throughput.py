@@ -36,6 +36,8 @@ import statistics
 import sys
 import time
 
+from machine import LoadWatch, roofline_fields, xla_flops
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -141,7 +143,7 @@ def bench_gptx(args):
         holder["state"] = s
 
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
-    return run_steps, {"compile_s": compile_s, "params": int(n_params)}
+    return run_steps, {"compile_s": compile_s, "params": int(n_params), "flops_per_step": xla_flops(compiled)}
 
 
 def bench_hf(args):
@@ -196,6 +198,7 @@ def bench_hf(args):
 
 
 def main(argv=None) -> None:
+    load = LoadWatch()
     args = parse_args(argv)
     if args.xla_flags:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + args.xla_flags).strip()
@@ -252,6 +255,9 @@ def main(argv=None) -> None:
     if "gptx" in sides:
         out.update({f"gptx_{k}": v for k, v in summary("gptx").items()})
         out["gptx_compile_s"] = round(sides["gptx"][1]["compile_s"], 2)
+        step_s = statistics.median(times["gptx"])
+        out["gptx_xla_flops_per_step"] = sides["gptx"][1]["flops_per_step"]
+        out.update(roofline_fields(sides["gptx"][1]["flops_per_step"] / step_s))
     hf_names = [name for name in sides if name.startswith("hf_torch")]
     if hf_names:
         by_threads = {name[len("hf_torch_") : -1]: summary(name) for name in hf_names}
@@ -282,6 +288,7 @@ def main(argv=None) -> None:
     out["threads"] = {"torch": thread_counts, "usable_cores": cores, "jax_cpu": "xla default (all cores)"}
     out["xla_flags"] = os.environ.get("XLA_FLAGS", "")
     out["device"] = jax.devices()[0].device_kind
+    out.update(load.fields())
     print(json.dumps(out), flush=True)
 
 

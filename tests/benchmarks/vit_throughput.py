@@ -20,6 +20,8 @@ import statistics
 import sys
 import time
 
+from machine import LoadWatch, roofline_fields, xla_flops
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -79,6 +81,7 @@ def gptx_runner(args, images, labels):
             state[0], state[1], loss = step(*state)
         jax.block_until_ready(loss)
 
+    run.flops_per_step = xla_flops(step.lower(*state).compile())
     return run
 
 
@@ -124,6 +127,8 @@ def per_step(run, n: int) -> float:
 def main(argv=None) -> None:
     import numpy as np
 
+    load = LoadWatch()
+
     args = parse_args(argv)
     rng = np.random.default_rng(args.seed)
     images = rng.uniform(-1, 1, (args.batch, args.image, args.image, 3)).astype(np.float32)
@@ -153,6 +158,9 @@ def main(argv=None) -> None:
         "ratio": med[torch_best] / med["gptx"],
         "repeats": args.repeats,
         "steps_per_repeat": args.steps,
+        "xla_flops_per_step": runners["gptx"].flops_per_step,
+        **roofline_fields(runners["gptx"].flops_per_step / med["gptx"]),
+        **load.fields(),
     }
     print(json.dumps(out))
 
