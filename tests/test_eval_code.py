@@ -45,6 +45,47 @@ def test_reference_solutions_pass_and_stubs_fail(name):
     assert {r[0].status for r in runs} == {sandbox.FAILED}  # the stubs run, and their asserts fail
 
 
+class ScriptedLM:
+    """An LM stand-in whose every sample for a prompt is the given function of its doc (the reference solution,
+    or a `pass` body): the task file and the harness are under test, not the model."""
+
+    max_len = 4096
+
+    def __init__(self, completion):
+        self.completion, self.calls = completion, []
+
+    def count_tokens(self, text):
+        return len(text)
+
+    def generate_until(self, requests, max_new_tokens, **kw):
+        self.calls.append((len(requests), kw))
+        return [self.completion[ctx] for ctx, _ in requests]
+
+
+def test_a_humaneval_format_task_file_scores_pass_at_1_of_1_for_canonical_solutions_and_0_for_pass(tmp_path):
+    """A user's HumanEval-format file (gzipped, as HumanEval.jsonl.gz ships) named by a task file alone: through
+    the harness, samples equal to the canonical solutions score pass@1 = 1.0, with the bodies `pass` 0.0."""
+    import gzip
+
+    _, docs = problems("humaneval_mini")
+    with gzip.open(tmp_path / "HumanEval.jsonl.gz", "wt") as f:
+        f.write("".join(json.dumps(d) + "\n" for d in docs))
+    (tmp_path / "he.yaml").write_text(
+        "task: he\nkind: code\ntest: HumanEval.jsonl.gz\ndoc_to_text: prompt\ntarget_delimiter: ''\n"
+        "code: {format: humaneval, samples: 2, pass_k: [1, 2]}\n"
+    )
+    (task,) = taskfile.resolve(str(tmp_path / "he.yaml"))
+    data = harness.load_task(task, "")
+    assert len(data.docs) == len(docs) and set(data.malformed.values()) == {0}
+    canonical = ScriptedLM({d["prompt"]: d["canonical_solution"] for d in docs})
+    stubbed = ScriptedLM({d["prompt"]: "    pass\n" for d in docs})
+    right = harness.evaluate_task(canonical, data, [0], code_settings=SETTINGS)[0]
+    wrong = harness.evaluate_task(stubbed, data, [0], code_settings=SETTINGS)[0]
+    assert (right["pass@1"], right["pass@2"]) == (1.0, 1.0) and right["statuses"][sandbox.PASSED] == 2 * len(docs)
+    assert (wrong["pass@1"], wrong["pass@2"]) == (0.0, 0.0) and wrong["statuses"][sandbox.FAILED] == 2 * len(docs)
+    assert canonical.calls[0][0] == 2 * len(docs)  # n samples per problem, in one call
+
+
 def test_pass_at_k_of_mixed_samples_is_the_unbiased_estimate_of_their_counts():
     task, docs = problems("humaneval_mini")
     fmt, n = task.program_format, 4

@@ -2,12 +2,16 @@
 `process_docs` is the reference), and a `shakespeare_lastword` whose distractors no word-frequency rule can tell
 from the answer, so the demo's few-shot curve starts from chance."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from conftest import SHARED_DATA
 
-from gptx.eval import harness
+from gptx.eval import filters, harness, taskfile
 from gptx.eval import tasks as T
+
+HELLASWAG = taskfile.get("hellaswag").test
 
 # HellaSwag records as the JSON holds them: ActivityNet (ctx_b the start of the last sentence) and WikiHow
 # (bracketed tags, often an empty ctx_b)
@@ -30,28 +34,30 @@ def as_file_line(raw: dict) -> str:
 
 
 def test_hellaswag_preprocessing_equals_lm_evals():
+    """The hellaswag task file's templates render lm-eval's processed query and choices from the file's layout."""
     datasets = pytest.importorskip("datasets")
     utils = pytest.importorskip("lm_eval.tasks.hellaswag.utils")
     theirs = utils.process_docs(datasets.Dataset.from_list([{**r, "label": "0"} for r in RAW]))
+    task = taskfile.get("hellaswag")
     for raw, ref in zip(RAW, theirs, strict=True):
-        ours = T.process_hellaswag({"text_a": as_file_line(raw), "choices": raw["endings"], "label": 0})
-        assert ours["text_a"] == ref["query"]
-        assert ours["choices"] == ref["choices"]
+        doc = {"context": as_file_line(raw), "endings": raw["endings"], "label": 0}
+        assert task.render_context(doc) == ref["query"]
+        assert task.choice_texts(doc) == ref["choices"]
     assert (
-        T.capitalize_ctx_b("Clean: She grabs the pole. the lady from NASA")
+        filters.capitalize_ctx_b("Clean: She grabs the pole. the lady from NASA")
         == "Clean: She grabs the pole. The lady from nasa"
     )
 
 
-@pytest.mark.skipif(not (SHARED_DATA / T.TASKS["hellaswag"].test).exists(), reason="HellaSwag not in shared data")
+@pytest.mark.skipif(not (SHARED_DATA / HELLASWAG).exists(), reason="HellaSwag not in shared data")
 def test_a_third_of_the_hellaswag_contexts_get_their_ctx_b_capitalised():
-    docs = T.READERS["hellaswag"](str(SHARED_DATA / T.TASKS["hellaswag"].test)).docs
-    changed = sum(T.capitalize_ctx_b(d["text_a"]) != d["text_a"] for d in docs)
+    docs = T.READERS["hellaswag"](str(SHARED_DATA / HELLASWAG)).docs
+    changed = sum(filters.capitalize_ctx_b(d["context"]) != d["context"] for d in docs)
     assert len(docs) == 10042 and changed == 3236
 
 
 def test_shakespeare_lastword_distractors_defeat_a_word_frequency_baseline():
-    data = harness.load_task(T.TASKS["shakespeare_lastword"], "")
+    data = harness.load_task(taskfile.get("shakespeare_lastword"), "")
     docs = [d for _, d in data.docs]
     n = len(docs)
     assert n > 500
@@ -68,3 +74,23 @@ def test_shakespeare_lastword_distractors_defeat_a_word_frequency_baseline():
     # And the distractors are of about the answer's frequency: within a factor of 3 for most docs.
     ratios = [max(d["choice_counts"]) / max(1, min(d["choice_counts"])) for d in docs]
     assert np.median(ratios) < 3
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "rte" / "dev.tsv").exists(), reason="GLUE files not in shared data")
+@pytest.mark.parametrize(("name", "labels"), [("sst2", None), ("rte", ("entailment", "not_entailment"))])
+def test_glue_prompts_are_lm_evals_templates(name, labels):
+    """SST-2 and RTE render lm-eval's own glue templates (its YAML, on the sentences stripped) with its choices and
+    Hugging Face's integer labels, and GLUE's quote characters stay text."""
+    lm_eval = pytest.importorskip("lm_eval")
+    yaml = pytest.importorskip("yaml")
+    from lm_eval.utils import apply_template
+
+    ref = yaml.safe_load((Path(lm_eval.__file__).parent / "tasks" / "glue" / name / "default.yaml").read_text())
+    task = taskfile.get(name)
+    data = harness.load_task(task, str(SHARED_DATA))
+    for _, doc in data.docs:
+        hf = {k: v.strip() if isinstance(v, str) else v for k, v in doc.items()}
+        hf["label"] = labels.index(doc["label"]) if labels else doc["label"]
+        assert task.render_context(doc) == apply_template(ref["doc_to_text"], hf)
+        assert task.choice_texts(doc) == ref["doc_to_choice"] and task.gold_index(doc) == hf["label"]
+    assert any('"' in task.render_context(d) for _, d in data.docs) == (name == "rte")

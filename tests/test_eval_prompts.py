@@ -147,6 +147,9 @@ def test_model_graded_metric_is_the_normalised_probability_of_yes():
         ("sst2", 872, ("positive", "it 's a charming and often affecting journey")),
         ("rte", 277, ("False", "Christopher Reeve had an accident. True or False?")),
         ("snli", 9842, ("Neither", "True, False or Neither?")),
+        ("mnli", 9815, ("Neither", "True, False or Neither?")),
+        ("tinyshakespeare", 722, (None, "")),
+        ("shakespeare_lastword", 564, (None, ":\n")),
     ],
 )
 def test_task_entries_read_the_shared_files(name, n, first):
@@ -156,7 +159,8 @@ def test_task_entries_read_the_shared_files(name, n, first):
     doc = data.docs[0][1]
     answer, question = first
     assert question in task.render_context(doc)
-    assert answer in task.choice_texts(doc) if task.kind == T.CHOICE else task.answer(doc) == answer
+    if answer is not None:
+        assert answer in task.choice_texts(doc) if task.kind == T.CHOICE else task.answer(doc) == answer
     assert data.same_file == (task.fewshot is None)
 
 
@@ -165,7 +169,7 @@ def test_bad_records_are_counted_with_their_lines(tmp_path):
     path.write_text(
         '{"context": "a", "completion": " b"}\nnot json\n{"context": "c"}\n\n{"context": "d", "completion": "e"}\n'
     )
-    docs = T.read_jsonl(str(path), ("context", "completion"))
+    docs = T.read_records(str(path), "jsonl", ("context", "completion"))
     assert len(docs.docs) == 2 and docs.malformed == 2 and docs.malformed_lines == [2, 3]
     # Records the task's templates cannot fill (missing field, gold index out of range) are malformed too.
     mc = tmp_path / "mc.jsonl"

@@ -242,6 +242,8 @@ def test_groups_expand_to_their_tasks(tmp_path):
         ("task: x\noutput_type: choose\ntest: t.csv\n", "kind 'choose' is not one of"),
         ("task: x\noutput_type: generate_until\ntest: t.csv\ngeneration_kwargs: {stop: [a]}\n", r"\['stop'\]"),
         ("- just\n- a list\n", "a task file is a mapping"),
+        ("task: x\noutput_type: multiple_choice\ntest: t.xml\nformat: xml\n", "unknown format 'xml'; formats: jsonl"),
+        ("task: x\noutput_type: multiple_choice\ntest: t.tsv\nquoting: all\n", "quoting 'all' is not one of"),
     ],
 )
 def test_a_wrong_task_file_names_the_file_and_the_key(tmp_path, body, message):
@@ -256,6 +258,22 @@ def test_a_wrong_task_file_names_the_file_and_the_key(tmp_path, body, message):
         command.validate_eval(cfg)
 
 
-def test_builtin_task_files_load():
-    assert {"humaneval_mini", "mbpp_mini"} <= set(taskfile.builtin_files())
+def test_every_builtin_task_is_a_task_file_that_loads():
+    files = taskfile.builtin_files()
+    names = {"hellaswag", "sst2", "rte", "snli", "mnli", "tinyshakespeare", "shakespeare_lastword", "lambada", "gsm8k"}
+    assert names | {"humaneval_mini", "mbpp_mini", "gpt3_arithmetic"} <= set(files)
+    for name, path in files.items():
+        assert all(t.syntax == "jinja" for t in taskfile.resolve(name)), path  # read from the file, not code
     assert taskfile.get("humaneval_mini").kind == T.CODE
+
+
+@pytest.mark.parametrize(
+    "template",
+    ["{{q | regex_replace('a+', '_')}}", "{{q | regex_replace('a+', '_', 1) | trim}}", "{{[q, q | upper]}}"],
+)
+def test_templates_render_as_lm_evals_environment(template):
+    lm_eval_utils = pytest.importorskip("lm_eval.utils")
+    from gptx.eval import templates
+
+    doc = {"q": " caab baaad a "}
+    assert templates.render(template, doc) == lm_eval_utils.apply_template(template, doc)

@@ -19,7 +19,7 @@ import ml_collections
 from gptx import mesh as mesh_lib
 from gptx.demo import report as report_lib
 from gptx.demo import tokenizer
-from gptx.eval import harness
+from gptx.eval import harness, taskfile
 from gptx.eval import tasks as T
 from gptx.eval.requests import LM
 from gptx.train import logs, pretrain
@@ -34,7 +34,7 @@ def evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> tuple[dict[int, di
     cfg = tokenizer.demo_config(cfg, workdir)
     model, params, tok = pretrain.load_trained(cfg, os.path.join(workdir, "pretrain"))
     lm = LM(model, params, tok, batch_size=max(cfg.eval.batch_size, 32), mesh=mesh_lib.make_mesh(cfg.mesh))
-    data = harness.load_task(T.TASKS[TASK], cfg.eval.data_dir, LIMIT)
+    data = harness.load_task(taskfile.get(TASK), cfg.eval.data_dir, LIMIT)
     results = harness.evaluate_task(lm, data, SHOTS, seed=cfg.eval.seed)
     return results, len(data.docs), sum(x.size for x in jax.tree.leaves(params))
 
@@ -46,7 +46,7 @@ def stage(cfg: ml_collections.ConfigDict, workdir: str, report: report_lib.Repor
     results, n_docs, n_params = evaluate(cfg, workdir)
     # What knowing word frequencies alone scores (the distractors are matched to the answer's frequency so that
     # it is chance): the floor the curve must clear before it shows reading the context.
-    docs = [d for _, d in harness.load_task(T.TASKS[TASK], cfg.eval.data_dir, LIMIT).docs]
+    docs = [d for _, d in harness.load_task(taskfile.get(TASK), cfg.eval.data_dir, LIMIT).docs]
     baseline = T.frequency_baseline(docs)
     logs.write_json(
         os.path.join(workdir, "fewshot.json"), {"task": TASK, "results": results, "frequency_baseline": baseline}

@@ -23,8 +23,7 @@ import ml_collections
 from gptx import mesh as mesh_lib
 from gptx.demo import report as report_lib
 from gptx.demo import tokenizer
-from gptx.eval import harness
-from gptx.eval import tasks as T
+from gptx.eval import harness, taskfile
 from gptx.eval.requests import LM
 from gptx.train import finetune, logs, pretrain
 
@@ -85,7 +84,7 @@ def prompted(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     t0 = time.perf_counter()
     model, params, tok = pretrain.load_trained(c, os.path.join(workdir, "pretrain"))
     lm = LM(model, params, tok, batch_size=max(cfg.eval.batch_size, 32), mesh=mesh_lib.make_mesh(cfg.mesh))
-    data = harness.load_task(T.TASKS["sst2"], cfg.eval.data_dir, DEV_LIMIT)
+    data = harness.load_task(taskfile.get("sst2"), cfg.eval.data_dir, DEV_LIMIT)
     res = harness.evaluate_task(lm, data, (SHOTS,), seed=cfg.eval.seed)[SHOTS]
     return {**res, "wall_s": time.perf_counter() - t0}
 

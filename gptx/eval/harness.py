@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from gptx.eval import code, overlap, sandbox
+from gptx.eval import code, corpus_metrics, overlap, sandbox
 from gptx.eval import metrics as M
 from gptx.eval import tasks as T
 from gptx.eval.requests import LM
@@ -160,7 +160,9 @@ def score_generate(
     max_new_tokens: int,
     grader: M.Grader | None = None,
 ) -> Scored:
-    """Exact match of the extracted, normalised answer; `graded` from the grader when one is given."""
+    """Exact match of the extracted, normalised answer; the overlap metrics the task asks for (per example; BLEU
+    and chrF keep the (answer, reference) pairs for their corpus-level score); `graded` from the grader when one
+    is given."""
     gens = lm.generate_until([(p.text, task.until) for p in prompts], max_new_tokens)
     answers = [M.extract_answer(g, task.extract, task.extract_fallback) for g in gens]
     refs = [task.reference(d) for d in docs]
@@ -168,6 +170,8 @@ def score_generate(
     for name in (m for m in task.active_metrics if m in overlap.NAMES):  # SQuAD F1, ROUGE: on the answers
         score = overlap.metric(name)
         out[name] = [score(a, r) for a, r in zip(answers, refs, strict=True)]
+    for name in (m for m in task.active_metrics if m in corpus_metrics.NAMES):  # corpus-level: aggregate()
+        out[f"_{name}"] = list(zip(answers, refs, strict=True))
     if grader is not None:
         items = [(task.render_context(d), g, r) for d, g, r in zip(docs, gens, refs, strict=True)]
         many = getattr(grader, "grade_many", None)
@@ -208,9 +212,14 @@ def score_perplexity(task: T.Task, lm: LM, docs: Sequence[dict], stride: int = 0
 
 
 def aggregate(per_example: dict[str, list]) -> dict[str, float]:
-    """Means and standard errors; corpus-level bits per byte and perplexities for rolling scores."""
+    """Means and standard errors; corpus-level bits per byte and perplexities for rolling scores, corpus BLEU and
+    chrF (with bootstrap standard errors) for (answer, reference) pairs."""
     per_example = dict(per_example)
     out: dict[str, float] = {}
+    for name in corpus_metrics.NAMES:
+        pairs = per_example.pop(f"_{name}", None)
+        if pairs is not None:
+            out.update(corpus_metrics.aggregate(name, pairs))
     logprobs = per_example.pop("_logprob", None)
     if logprobs is not None:
         out["ppl"], out["ppl_stderr"] = M.perplexity(logprobs)

@@ -4,7 +4,9 @@
 Every record keeps the line of the file it started on, so a malformed record is reported as FILE:LINE. A record
 is malformed when it does not parse (bad JSON, a CSV row with another number of cells than the header) or lacks
 one of the required fields; it is counted and reported, never silently dropped. CSV/TSV columns holding only
-numbers are read as numbers, as Hugging Face `datasets` reads them.
+numbers are read as numbers, as Hugging Face `datasets` reads them. CSV/TSV quote characters quote as in
+Python's csv module (a quoted cell may hold the delimiter, newlines and doubled quotes); `quote=False` reads
+them as text, as GLUE's TSV files need ('"The Osbournes" is the name of a reality show').
 """
 
 from __future__ import annotations
@@ -44,8 +46,9 @@ def open_text(path: str) -> IO[str]:
     return opener(path, "rt", encoding="utf-8", newline="")
 
 
-def read(path: str, fmt: str = "", fields: Sequence[str] = ()) -> Records:
-    """The records of `path` in format `fmt` ("" = from its name) that have every one of `fields`."""
+def read(path: str, fmt: str = "", fields: Sequence[str] = (), quote: bool = True) -> Records:
+    """The records of `path` in format `fmt` ("" = from its name) that have every one of `fields`; `quote`:
+    whether CSV/TSV quote characters quote (else they are text)."""
     fmt = fmt or format_of(path)
     if fmt not in FORMATS:
         raise ValueError(f"{path}: unknown format {fmt!r}; formats: {', '.join(FORMATS)}")
@@ -53,7 +56,8 @@ def read(path: str, fmt: str = "", fields: Sequence[str] = ()) -> Records:
         raise FileNotFoundError(f"task file {path} not found (set config.eval.data_dir)")
     out = Records(path, [], [])
     with open_text(path) as f:
-        for line, rec in _PARSERS[fmt](f):
+        parse = _table(_DELIMITERS[fmt], quote) if fmt in _DELIMITERS else _PARSERS[fmt]
+        for line, rec in parse(f):
             if isinstance(rec, dict) and all(rec.get(k) is not None for k in fields):
                 out.docs.append(rec)
                 out.lines.append(line)
@@ -98,9 +102,9 @@ def _json(f: IO[str]) -> Iterator[tuple[int, Any]]:
     yield from enumerate(data, 1)
 
 
-def _table(delimiter: str):
+def _table(delimiter: str, quote: bool = True):
     def parse(f: IO[str]) -> Iterator[tuple[int, Any]]:
-        reader = csv.reader(f, delimiter=delimiter)
+        reader = csv.reader(f, delimiter=delimiter, quoting=csv.QUOTE_MINIMAL if quote else csv.QUOTE_NONE)
         header = next(reader, None)
         if header is None:
             return
@@ -126,4 +130,5 @@ def _text(f: IO[str]) -> Iterator[tuple[int, Any]]:
             yield line_no, {"text": line.rstrip("\r\n")}
 
 
-_PARSERS = {"jsonl": _jsonl, "json": _json, "csv": _table(","), "tsv": _table("\t"), "text": _text}
+_PARSERS = {"jsonl": _jsonl, "json": _json, "text": _text}
+_DELIMITERS = {"csv": ",", "tsv": "\t"}

@@ -5,6 +5,9 @@
     test: storycloze_test.csv            # data file; relative to this file, else to config.eval.data_dir
     fewshot: storycloze_val.csv          # optional: demonstrations (default: the test file minus the test doc)
     format: csv                          # jsonl | json | csv | tsv | text (default: from the name; .gz/.xz/.bz2)
+                                         # or a named reader of tasks.READERS (hellaswag, corpus_val, ...)
+    quoting: none                        # CSV/TSV: quote characters are text (default: minimal, as Python's csv)
+    process: gsm8k                       # optional: a named processor of tasks.PROCESSORS
     fields: [sentence_quiz1]             # optional: a record without these is malformed
     doc_to_text: "{{[s1, s2] | join(' ')}}"   # Jinja2, as lm-eval; a field's name stands for that field
     doc_to_choice: "{{[sentence_quiz1, sentence_quiz2]}}"   # a list template, a field, or a list of templates
@@ -24,6 +27,7 @@ group names and task/group file paths, comma-separated. Built-in task and group 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.resources
 import json
 import os
@@ -46,7 +50,7 @@ KEYS = {
     "task", "output_type", "kind", "test", "fewshot", "format", "fields", "process", "doc_to_text", "doc_to_choice",
     "doc_to_target", "gold", "description", "target_delimiter", "fewshot_delimiter", "metric_list", "metrics",
     "generation_kwargs", "answer_context", "extract", "extract_fallback", "normalization", "code", "note",
-    "fewshot_config",
+    "fewshot_config", "quoting",
 }  # fmt: skip
 GENERATION_KEYS = {"until", "max_gen_toks", "max_new_tokens", "temperature", "top_p", "do_sample"}
 CODE_KEYS = {"format", "samples", "temperature", "top_p", "pass_k"}
@@ -90,6 +94,7 @@ def task_from_spec(spec: dict[str, Any], path: str) -> T.Task:
         fields=tuple(spec.get("fields", ())), syntax="jinja", description=spec.get("description", ""),
         note=spec.get("note", f"task file {path}"),
         fewshot_sampler=(spec.get("fewshot_config") or {}).get("sampler", "random"),
+        quoting=str(spec.get("quoting", "minimal")),
     )  # fmt: skip
     for key, field in (("doc_to_text", "context"), ("gold", "gold"), ("answer_context", "answer_context")):
         if key in spec:
@@ -142,8 +147,9 @@ def load(path: str) -> list[T.Task]:
     return out
 
 
+@functools.cache
 def builtin_files() -> dict[str, str]:
-    """{name: path} of the task and group files shipped in gptx/eval/builtin."""
+    """{name: path} of the task and group files shipped in gptx/eval/builtin (read once: package data)."""
     folder = importlib.resources.files("gptx.eval") / "builtin"
     out = {}
     for entry in sorted(folder.iterdir(), key=lambda e: e.name):
@@ -154,22 +160,20 @@ def builtin_files() -> dict[str, str]:
 
 
 def resolve(entry: str) -> list[T.Task]:
-    """The tasks one entry of config.eval.tasks names: a task file, a group, a built-in task."""
+    """The tasks one entry of config.eval.tasks names: a task or group file, a built-in task or group."""
     if entry.endswith(SUFFIXES):
         if not os.path.exists(entry):
             raise DataError(f"task file {entry} not found")
         return load(entry)
-    if entry in T.TASKS:
-        return [T.TASKS[entry]]
     files = builtin_files()
     if entry in files:
         return load(files[entry])
-    known = sorted({*T.TASKS, *files})
+    known = sorted(files)
     raise DataError(f"unknown eval task {entry!r}: not a task file, a group or one of {', '.join(known)}")
 
 
 def get(name: str) -> T.Task:
-    """One built-in task by name: a registry entry or a task file of gptx/eval/builtin."""
+    """One built-in task by name (a task file of gptx/eval/builtin), or the task of a task file."""
     tasks = resolve(name)
     if len(tasks) != 1:
         raise DataError(f"{name!r} is a group of {len(tasks)} tasks, not one task")

@@ -1,10 +1,12 @@
-"""Evaluation tasks as declarative entries: a file, a reader, templates, delimiters and metrics.
+"""The evaluation task: a file, a reader, templates, delimiters and metrics.
 
 A document (doc) is a dict of fields; `context`, `target`, `gold` and the choice strings are templates over
-those fields: Python format strings for the entries of `TASKS`, Jinja2 for task files (gptx/eval/taskfile.py,
-the way to add a task without code). A task's file is read by one of `READERS` (JSON lines, JSON, CSV, TSV,
-text, compressed or not; the GLUE/SNLI/HellaSwag formats) and its fields may go through one of the named
-`PROCESSORS` (LAMBADA's last word, GSM8K's answer, HellaSwag's preprocessing).
+those fields: Jinja2 for task files (gptx/eval/taskfile.py; every built-in task is one, in gptx/eval/builtin),
+Python format strings for a `Task` built in code. A task's file is read as one of gptx.eval.records' formats
+(JSON lines, JSON, CSV, TSV, text, compressed or not) or by one of the named `READERS` for what a record format
+cannot express (HellaSwag's six-line layout; the bundled corpus's held-out split and the task built from it),
+and its docs may go through one of the named `PROCESSORS` (LAMBADA's last word, GSM8K's answer); preprocessing
+a template can express is a template filter (gptx/eval/filters.py: HellaSwag's).
 
 Kinds, and the metrics each can report:
   choice      one prompt, several choice strings scored by log-likelihood: acc, acc_norm, acc_uncond
@@ -12,7 +14,8 @@ Kinds, and the metrics each can report:
               the GPT-3 arithmetic/word tasks, as lm-evaluation-harness scores them), ppl (exp of minus the
               mean target log-likelihood)
   generate    greedy generation until a stop string, answer extraction, then exact_match (and `graded` when
-              a model grader is given)
+              a model grader is given); on request SQuAD's token f1, rouge1/2/L (gptx/eval/overlap.py) and the
+              corpus-level bleu and chrf (gptx/eval/corpus_metrics.py)
   perplexity  rolling log-likelihood of whole texts: bits_per_byte, word_perplexity, token_perplexity
               (zero-shot only)
   code        n sampled completions per problem, each run against the problem's unit tests in the sandbox
@@ -45,7 +48,7 @@ KIND_METRICS = {
     CODE: ("pass@k",),
     CHOICE: ("acc", "acc_norm", "acc_uncond"),
     COMPLETION: ("acc", "ppl"),
-    GENERATE: ("exact_match", "graded", "f1", "rouge1", "rouge2", "rougeL"),
+    GENERATE: ("exact_match", "graded", "f1", "rouge1", "rouge2", "rougeL", "bleu", "chrf"),
     PERPLEXITY: ("bits_per_byte", "word_perplexity", "token_perplexity"),
 }
 
@@ -57,7 +60,7 @@ class Task:
     name: str
     kind: str
     test: str  # file of the evaluated docs
-    reader: str  # key of READERS
+    reader: str  # a format of gptx.eval.records, "auto" (from the file name), or a key of READERS
     fewshot: str | None = None  # file of demonstrations; None: the test file (minus the test example)
     process: str | None = None  # key of PROCESSORS, applied to every doc after reading
     fields: tuple[str, ...] = ()  # fields a JSON-lines record must have (others are malformed)
@@ -88,6 +91,7 @@ class Task:
     # field or a template giving the gold index or the gold choice's text
     syntax: str = "format"
     fewshot_sampler: str = "random"  # "random": a seeded draw per test doc; "first_n": the pool's first K
+    quoting: str = "minimal"  # CSV/TSV quote characters: "minimal" as Python's csv, "none" (GLUE's TSV files)
 
     def __post_init__(self):
         if self.kind not in KIND_METRICS:
@@ -96,8 +100,15 @@ class Task:
         bad = [m for m in self.metrics if m not in allowed]
         if bad:
             raise ValueError(f"task {self.name}: metrics {bad} do not apply to a {self.kind} task")
-        if self.reader not in READERS or (self.process and self.process not in PROCESSORS):
-            raise ValueError(f"task {self.name}: unknown reader {self.reader!r} or processor {self.process!r}")
+        if self.reader not in (*records.FORMATS, "auto", *READERS):
+            known = ", ".join((*records.FORMATS, *READERS))
+            raise ValueError(f"task {self.name}: unknown format {self.reader!r}; formats: {known}")
+        if self.process and self.process not in PROCESSORS:
+            raise ValueError(
+                f"task {self.name}: unknown processor {self.process!r}; processors: {', '.join(PROCESSORS)}"
+            )
+        if self.quoting not in QUOTING:
+            raise ValueError(f"task {self.name}: quoting {self.quoting!r} is not one of {', '.join(QUOTING)}")
         if self.fewshot_sampler not in ("random", "first_n"):
             raise ValueError(f"task {self.name}: fewshot_sampler {self.fewshot_sampler!r} is not random or first_n")
         if self.kind == CODE and (self.program_format not in code.FIELDS or self.samples < 1 or not self.pass_k):
@@ -176,22 +187,23 @@ class Docs:
         return f"{self.path}: {len(self.docs)} docs, {self.malformed} malformed{lines}"
 
 
-def read_records(fmt: str = ""):
-    """A reader of gptx.eval.records' formats ("" = from the file name): JSON lines, JSON, CSV, TSV, text."""
-
-    def read(path: str, fields: Sequence[str] = ()) -> Docs:
-        recs = records.read(path, fmt, fields)
-        return Docs(path, recs.docs, len(recs.malformed_lines), recs.malformed_lines, recs.lines)
-
-    return read
+QUOTING = ("minimal", "none")
 
 
-read_jsonl = read_records("jsonl")
+def read_records(path: str, fmt: str = "", fields: Sequence[str] = (), quoting: str = "minimal") -> Docs:
+    """The docs of a file in one of gptx.eval.records' formats ("" = from the file name): JSON lines, JSON, CSV,
+    TSV, text; `quoting` "none" reads CSV/TSV quote characters as text."""
+    recs = records.read(path, fmt, fields, quote=quoting != "none")
+    return Docs(path, recs.docs, len(recs.malformed_lines), recs.malformed_lines, recs.lines)
 
 
-def _from_examples(result: ft.ReadResult) -> Docs:
-    """Docs of a GPT-1 fine-tuning reader: text_a, text_b, choices, label."""
-    docs = [dict(text_a=e.text_a, text_b=e.text_b, choices=list(e.choices), label=e.label) for e in result.examples]
+def read_hellaswag(path: str, fields: Sequence[str] = ()) -> Docs:
+    """HellaSwag's six-line text layout (gptx.data.finetune_tasks.read_hellaswag) as {"context", "endings",
+    "label"}: context is activity_label + ": " + ctx, as the file holds it (see filters.capitalize_ctx_b)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"task file {path} not found (set config.eval.data_dir)")
+    result = ft.read_hellaswag(path)
+    docs = [{"context": e.text_a, "endings": list(e.choices), "label": e.label} for e in result.examples]
     return Docs(result.path, docs, result.malformed, list(result.malformed_lines))
 
 
@@ -273,23 +285,9 @@ def frequency_baseline(docs: Sequence[dict[str, Any]]) -> float:
     return float(np.mean([int(np.argmax(d["choice_counts"])) == int(d["label"]) for d in docs]))
 
 
-def _ft_reader(fn: Callable[[str], ft.ReadResult]) -> Callable[..., Docs]:
-    def read(path: str, fields: Sequence[str] = ()) -> Docs:
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"task file {path} not found (set config.eval.data_dir)")
-        return _from_examples(fn(path))
-
-    return read
-
-
+# Named readers, a task file's `format:` for files no record format describes: (path, fields) -> Docs
 READERS: dict[str, Callable[..., Docs]] = {
-    "jsonl": read_jsonl,
-    **{fmt: read_records(fmt) for fmt in records.FORMATS if fmt != "jsonl"},
-    "auto": read_records(""),
-    "sst2": _ft_reader(ft.read_sst2),
-    "rte": _ft_reader(ft.read_rte),
-    "snli": _ft_reader(ft.read_snli),  # also MNLI: the same {"premise", "hypothesis", "label"} lines
-    "hellaswag": _ft_reader(ft.read_hellaswag),
+    "hellaswag": read_hellaswag,
     "corpus_val": read_corpus_val,
     "shakespeare_lastword": read_shakespeare_lastword,
 }
@@ -318,35 +316,9 @@ def process_gsm8k(doc: dict[str, Any]) -> dict[str, Any] | None:
     return {**doc, "cot": re.sub(r"<<[^>]*>>", "", doc["answer"]), "gold": m.group(1)}
 
 
-# ctx_b, the start of the sentence an ending completes: lowercase text after the context's last sentence end
-_CTX_B = re.compile(r"^(.*[.!?])\s+([a-z][^.!?]*)$", re.S)
-
-
-def capitalize_ctx_b(text: str) -> str:
-    """lm-evaluation-harness builds a HellaSwag context as ctx_a + " " + ctx_b.capitalize(); the shared file
-    holds activity_label + ": " + ctx_a + " " + ctx_b as HellaSwag's `ctx` has it, uncapitalised. ctx_b is the
-    text after ctx_a's last sentence end when it starts in lowercase ("... on a roof. he" -> "... on a roof.
-    He"); str.capitalize also lowercases the rest of it, as lm-eval's does. Without the JSON's ctx_a/ctx_b this
-    is an inference: it changes 3,236 of the 10,042 validation contexts, the third the JSON's ctx_b affects."""
-    m = _CTX_B.match(text)
-    return f"{m.group(1)} {m.group(2).capitalize()}" if m else text
-
-
-def process_hellaswag(doc: dict[str, Any]) -> dict[str, Any]:
-    """lm-evaluation-harness's HellaSwag preprocessing (lm_eval/tasks/hellaswag/utils.py): ctx_b capitalised,
-    then WikiHow's " [title]" becomes ". ", other [tags] go, double spaces become one."""
-
-    def clean(text: str) -> str:
-        text = text.strip().replace(" [title]", ". ")
-        return re.sub(r"\[.*?\]", "", text).replace("  ", " ")
-
-    return {**doc, "text_a": clean(capitalize_ctx_b(doc["text_a"])), "choices": [clean(c) for c in doc["choices"]]}
-
-
 PROCESSORS: dict[str, Callable[[dict[str, Any]], dict[str, Any] | None]] = {
     "lambada": process_lambada,
     "gsm8k": process_gsm8k,
-    "hellaswag": process_hellaswag,
 }
 
 
@@ -366,7 +338,11 @@ def resolve(path: str, data_dir: str) -> str:
 
 def load_docs(task: Task, path: str, data_dir: str) -> Docs:
     """Reads and processes the docs of one of a task's files; a doc the processor rejects is malformed."""
-    docs = READERS[task.reader](resolve(path, data_dir), task.fields)
+    full = resolve(path, data_dir)
+    if task.reader in READERS:
+        docs = READERS[task.reader](full, task.fields)
+    else:
+        docs = read_records(full, "" if task.reader == "auto" else task.reader, task.fields, task.quoting)
     kept = []
     for i, d in enumerate(docs.docs):
         p = PROCESSORS[task.process](d) if task.process else d
@@ -399,80 +375,3 @@ def _renders(task: Task, doc: dict[str, Any]) -> bool:
     except (KeyError, IndexError, ValueError, TypeError, SyntaxError, templates.TemplateError):
         return False
     return True
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The registry
-
-_CLASSIFY = "\nQuestion: {text_b} True, False or Neither?\nAnswer:"
-
-TASKS: dict[str, Task] = {
-    "hellaswag": Task(
-        "hellaswag",
-        CHOICE,
-        "hellaswag/hellaswag_val_full.txt.bz2",
-        "hellaswag",
-        process="hellaswag",
-        context="{text_a}",
-        choices="choices",
-        metrics=("acc", "acc_norm"),
-        note="validation set; demonstrations from the validation set, never the test example",
-    ),
-    "sst2": Task(
-        "sst2",
-        CHOICE,
-        "sst2/dev.tsv",
-        "sst2",
-        fewshot="sst2/train.tsv",
-        context="{text_a}\nQuestion: Is this sentence positive or negative?\nAnswer:",
-        choices=("negative", "positive"),
-    ),
-    "rte": Task(
-        "rte",
-        CHOICE,
-        "rte/dev.tsv",
-        "rte",
-        fewshot="rte/train.tsv",
-        context="{text_a}\nQuestion: {text_b} True or False?\nAnswer:",
-        choices=("True", "False"),
-    ),
-    "snli": Task(
-        "snli",
-        CHOICE,
-        "nli/snli_dev.jsonl",
-        "snli",
-        context="{text_a}" + _CLASSIFY,
-        choices=("True", "Neither", "False"),  # label order: entailment, neutral, contradiction
-    ),
-    "mnli": Task(
-        "mnli",
-        CHOICE,
-        "nli/mnli_dev.jsonl",
-        "snli",
-        context="{text_a}" + _CLASSIFY,
-        choices=("True", "Neither", "False"),
-    ),
-    "tinyshakespeare": Task(
-        "tinyshakespeare",
-        PERPLEXITY,
-        "bundled:tinyshakespeare.txt",
-        "corpus_val",
-        context="{text}",
-        note="the validation split of the bundled corpus (the demo's held-out 10%)",
-    ),
-    "shakespeare_lastword": Task(
-        "shakespeare_lastword",
-        CHOICE,
-        "bundled:tinyshakespeare.txt",
-        "shakespeare_lastword",
-        context="{name}:\n{pre}",
-        choices="choices",
-        fewshot_delimiter="\n",
-        metrics=("acc", "acc_norm"),
-        note="the last word of a held-out speech's first line among 4 (3 training-line last words of about its "
-        "frequency); chance 25%, see frequency_baseline",
-    ),
-}
-# LAMBADA, GSM8K, the GPT-3 arithmetic and word-scrambling tasks and their groups (gpt3_arithmetic,
-# gpt3_word_scramble) are task files in gptx/eval/builtin; the entries above read formats of their own (the TSV
-# layouts of GLUE, HellaSwag's text file, the bundled corpus).

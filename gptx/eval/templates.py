@@ -1,29 +1,27 @@
 """Jinja2 prompt templates, rendered as lm-evaluation-harness renders a task file's doc_to_text/choice/target.
 
 The environment is lm-eval's (`lm_eval.utils.env`): StrictUndefined (a missing field is an error, so the record
-is reported malformed, not rendered with a blank), trailing newlines kept, and its `regex_replace` filter.
+is reported malformed, not rendered with a blank), trailing newlines kept, its `regex_replace` filter, and the
+named filters of gptx/eval/filters.py (preprocessing such as HellaSwag's).
 """
 
 from __future__ import annotations
 
 import ast
 import functools
-import re
 from typing import Any
 
 import jinja2
 
+from gptx.eval.filters import FILTERS
+
 TemplateError = jinja2.TemplateError
-
-
-def regex_replace(text: str, pattern: str = " ", replacement: str = " ") -> str:
-    return re.sub(pattern, replacement, text)
 
 
 @functools.cache
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.BaseLoader(), undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-    env.filters["regex_replace"] = regex_replace
+    env.filters.update(FILTERS)
     return env
 
 
