@@ -44,6 +44,7 @@ def lm_dataset(
     train: bool = True,
     worker_count: int = 0,
     shard: grain.sharding.ShardOptions | None = None,
+    prefetch: int = 2,
 ) -> grain.IterDataset:
     """Packed language-modelling batches for this process.
 
@@ -53,7 +54,8 @@ def lm_dataset(
     yields its share of the global batch: dicts of [batch_size / shard_count, seq_len] arrays `inputs`,
     `targets`, `positions` (per document), `segment_ids` (documents numbered from 1 within a row, 0 = padding)
     and `weights` (1.0 where a target counts). Training data is shuffled with `seed`, reshuffled every epoch
-    and repeated forever; evaluation data is read once in order.
+    and repeated forever; evaluation data is read once in order. Without workers, a thread keeps `prefetch`
+    batches ready (0: none, batches are made when asked for).
     """
     shard = shard or grain.sharding.ShardByJaxProcess()
     n_proc = shard.shard_count
@@ -65,12 +67,18 @@ def lm_dataset(
     ds = ds[shard.shard_index :: n_proc]
     if train:
         ds = ds.shuffle(seed=seed).repeat()
-    ds = ds.map(_ToExample(tokenizer)).to_iter_dataset()
+    # Documents are read and tokenized in the consuming thread, not by grain's default pool of 16 threads with
+    # 500 futures in flight: that pool polls every pending future on each element (more CPU than tokenizing
+    # short documents), and the GIL serialises the work anyway. Parallel loading is `worker_count` processes;
+    # overlap with the train step comes from the batch prefetch below and JAX's asynchronous dispatch.
+    ds = ds.map(_ToExample(tokenizer)).to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
     # Documents longer than seq_len continue in the next row as a new segment with positions from 0.
     ds = grain.experimental.ConcatThenSplitIterDataset(ds, length_struct={"inputs": seq_len, "targets": seq_len})
     ds = ds.map(_to_batch).batch(batch_size // n_proc, drop_remainder=True)
     if worker_count > 0:
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+    elif prefetch > 0:  # one background thread keeps `prefetch` batches ready
+        ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=prefetch)
     return ds
 
 
