@@ -13,6 +13,7 @@ import jax
 import numpy as np
 
 from gptx.data import finetune_tasks as ft
+from gptx.data import loader
 from gptx.data import tokenizer as tokenizer_lib
 
 
@@ -55,7 +56,7 @@ def train_dataset(items, encoding: Encoding, batch_size: int, seed: int) -> grai
     if batch_size % n_proc:
         raise ValueError(f"batch size {batch_size} does not split over {n_proc} processes")
     ds = grain.MapDataset.source([(t, ex, 1.0) for t, ex in items])[jax.process_index() :: n_proc]
-    ds = ds.shuffle(seed=seed).repeat().map(_Encode(encoding)).to_iter_dataset()
+    ds = ds.shuffle(seed=seed).repeat().map(_Encode(encoding)).to_iter_dataset(loader.SYNC_READ)
     return ds.batch(batch_size // n_proc, drop_remainder=True)
 
 
@@ -68,5 +69,5 @@ def eval_dataset(items, encoding: Encoding, batch_size: int) -> grain.IterDatase
     local = batch_size // n_proc
     first = jax.process_index() * local
     mine = [rows[b + first + i] for b in range(0, len(rows), batch_size) for i in range(local)]
-    ds = grain.MapDataset.source(mine).map(_Encode(encoding)).to_iter_dataset()
+    ds = grain.MapDataset.source(mine).map(_Encode(encoding)).to_iter_dataset(loader.SYNC_READ)
     return ds.batch(local, drop_remainder=True)

@@ -11,6 +11,9 @@ from gptx.data import records
 from gptx.data.sources import DataError, Documents
 from gptx.data.tokenizer import Tokenizer
 
+# Read a MapDataset into an iterator in the consuming thread (see lm_dataset).
+SYNC_READ = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+
 
 class _ToExample(grain.transforms.Map):
     """A document as one next-token example: inputs [BOS, t1..tn], targets [t1..tn, EOS]."""
@@ -71,7 +74,7 @@ def lm_dataset(
     # 500 futures in flight: that pool polls every pending future on each element (more CPU than tokenizing
     # short documents), and the GIL serialises the work anyway. Parallel loading is `worker_count` processes;
     # overlap with the train step comes from the batch prefetch below and JAX's asynchronous dispatch.
-    ds = ds.map(_ToExample(tokenizer)).to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+    ds = ds.map(_ToExample(tokenizer)).to_iter_dataset(SYNC_READ)
     # Documents longer than seq_len continue in the next row as a new segment with positions from 0.
     ds = grain.experimental.ConcatThenSplitIterDataset(ds, length_struct={"inputs": seq_len, "targets": seq_len})
     ds = ds.map(_to_batch).batch(batch_size // n_proc, drop_remainder=True)

@@ -37,7 +37,7 @@ from absl import logging
 
 from gptx import config as config_lib
 from gptx.config import ConfigError
-from gptx.data import paths, sources
+from gptx.data import loader, paths, sources
 from gptx.data.finetune_tasks import ReadResult
 from gptx.data.tokenizer import Tokenizer
 
@@ -309,7 +309,7 @@ def batches(
         ds = grain.MapDataset.source(
             [rows[b + first + i] for b in range(0, len(rows), batch_size) for i in range(local)]
         )
-    return ds.map(_Encode(encode)).to_iter_dataset().batch(local, drop_remainder=True)
+    return ds.map(_Encode(encode)).to_iter_dataset(loader.SYNC_READ).batch(local, drop_remainder=True)
 
 
 NORMS = ("reference", "demonstrations")
