@@ -20,12 +20,15 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import linen as nn
 from jax.sharding import Mesh
 
 from gptx import mesh as mesh_lib
 from gptx.errors import ConfigError
+from gptx.models.attention import token_einsum
 from gptx.models.gpt import GPT, grow_cache, init_cache
 from gptx.models.multimodal import MultimodalGPT, place_patches
+from gptx.models.vocab_tiling import first_argmax
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,13 +123,28 @@ def filter_logits(logits: jax.Array, top_k: int, top_p: float) -> jax.Array:
 def choose(logits: jax.Array, keys: jax.Array, sampling: SamplingConfig) -> tuple[jax.Array, jax.Array]:
     """Next tokens [B] and their log-probs [B] from logits [B, V], one key per row."""
     if sampling.temperature == 0.0:
-        tokens = jnp.argmax(logits, axis=-1)
-        return tokens.astype(jnp.int32), _logprob_of(jax.nn.log_softmax(logits), tokens)
+        tokens = first_argmax(logits)
+        return tokens, _logprob_of(jax.nn.log_softmax(logits), tokens)
     scaled = logits / sampling.temperature
     filtered = filter_logits(scaled, sampling.top_k, sampling.top_p)
-    tokens = jax.vmap(jax.random.categorical)(keys, filtered)
+    # jax.random.categorical's own draw (argmax of logits + Gumbel noise), with the fast argmax.
+    tokens = jax.vmap(lambda k, x: first_argmax(x + jax.random.gumbel(k, x.shape, x.dtype)))(keys, filtered)
     # Log-probs of the tempered, unfiltered distribution: what PPO recomputes from the same logits.
     return tokens.astype(jnp.int32), _logprob_of(jax.nn.log_softmax(scaled), tokens)
+
+
+def head_kernel(model: GPT, params: Any) -> jax.Array:
+    """The tied output projection as a [D, V] matrix in the compute dtype, made once per decode call: a
+    decoding step then runs [B, D] @ [D, V], which XLA:CPU does ~1.5x faster than contracting the [V, D] table
+    on its minor axis, and a bfloat16 model reads half the bytes of its float32 table."""
+    wte = nn.meta.unbox(params["wte"])
+    return nn.with_logical_constraint(wte.T.astype(model.cfg.dtype), (None, "vocab"))
+
+
+def next_token_logits(model: GPT, head: jax.Array, hidden: jax.Array) -> jax.Array:
+    """Float32 logits [B, T, V] of final hidden states [B, T, D] (model.apply(..., return_hidden=True))."""
+    logits = token_einsum("btd,dv->btv", hidden, head)
+    return nn.with_logical_constraint(logits, ("batch", "length", "act_vocab")).astype(jnp.float32)
 
 
 def _logprob_of(logp: jax.Array, tokens: jax.Array) -> jax.Array:
@@ -195,6 +213,7 @@ def decode(
     lengths = prompt_mask.sum(axis=1).astype(jnp.int32)  # [B]
     bounds = segment_bounds(n, sampling.cache_segment)
     logits, cache, kv_mask = prefill(model, params, prompt_tokens, prompt_mask, p + bounds[0], prompt_embeds)
+    head = head_kernel(model, params)  # outside the loops: transposed once, not at every step
 
     def body(carry):
         i, cache, kv_mask, logits, tokens, logprobs, valid, done = carry
@@ -206,14 +225,16 @@ def decode(
         if sampling.eos_id is not None:
             done = done | (token == sampling.eos_id)
         kv_mask = kv_mask.at[:, p + i].set(True)
-        step_logits, cache = model.apply(
+        hidden, cache = model.apply(
             {"params": params},
             token[:, None],
             (lengths + i)[:, None],
             cache=cache,
             cache_index=p + i,
             kv_mask=kv_mask,
+            return_hidden=True,
         )
+        step_logits = next_token_logits(model, head, hidden)  # [B, 1, V]
         return i + 1, cache, kv_mask, step_logits[:, 0], tokens, logprobs, valid, done
 
     carry = (

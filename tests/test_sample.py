@@ -182,3 +182,14 @@ def test_sharded_decoding_equals_single_device():
     many = sample.generate(model, sharded, PROMPTS, grown, mesh=mesh)
     assert one.tokens == many.tokens
     np.testing.assert_allclose(np.concatenate(one.logprobs), np.concatenate(many.logprobs), atol=1e-4)
+
+
+def test_a_sampled_token_is_jax_random_categoricals_draw_for_its_key():
+    logits = jax.random.normal(jax.random.key(1), (32, 300)) * 3
+    keys = jax.random.split(jax.random.key(2), 32)
+    cfg = sample.SamplingConfig(max_new_tokens=1, temperature=0.7)
+    tokens, logprobs = sample.choose(logits, keys, cfg)
+    want = jax.vmap(jax.random.categorical)(keys, logits / 0.7)
+    np.testing.assert_array_equal(np.asarray(tokens), np.asarray(want))
+    ref = jax.nn.log_softmax(logits / 0.7)[jnp.arange(32), want]
+    np.testing.assert_allclose(np.asarray(logprobs), np.asarray(ref), rtol=1e-6)

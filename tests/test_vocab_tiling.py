@@ -113,3 +113,15 @@ def test_finetune_aux_lm_logprobs_equal_the_full_logits():
     logits = jnp.einsum("bstd,vd->bstv", hidden, params["gpt"]["wte"].value)  # every logit at once
     want = -optax.softmax_cross_entropy_with_integer_labels(logits[:, :, :-1], tokens[..., 1:])
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_first_argmax_equals_jnp_argmax_with_ties_infinities_and_nans():
+    from gptx.models.vocab_tiling import first_argmax
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(-3, 3, (64, 257)).astype(np.float32)  # many ties
+    x[1] = -np.inf
+    x[2, 5:] = np.inf
+    x[3, [7, 100]] = np.nan
+    x[4, :] = np.nan
+    np.testing.assert_array_equal(np.asarray(first_argmax(jnp.asarray(x))), np.argmax(x, axis=-1))
