@@ -6,7 +6,9 @@ google-cloud-storage are an extra (`pip install gptx[gcs]`), imported only when 
 
 What object stores cannot do, and what this module does instead:
   - no directories: `makedirs` is a no-op, `isdir` means "some object has this prefix";
-  - no append and no rename: `write_atomic` writes the final object directly (an upload is all-or-nothing);
+  - no append and no rename: `write_atomic` writes the final object directly (an upload is all-or-nothing),
+    `append_text` rewrites a small object whole, and a library that writes only local files (ArrayRecord,
+    safetensors) writes to `local_output`'s temporary file, uploaded whole when it is complete;
   - no recursive `**` glob: `glob` refuses it on a URL rather than listing the whole bucket.
 
 A remote path that cannot work fails at its first use in a few seconds, in one line naming the path: gcsfs would
@@ -35,6 +37,7 @@ SCHEMES = ("gs", "s3", "az")  # the object stores epath's fsspec backend serves 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 PROBE_TIMEOUT_S = 5.0  # a reachable endpoint answers a TCP connect in milliseconds
 REQUEST_TIMEOUT_S = 60.0  # one gcsfs HTTP request; large uploads are chunked below this
+UPLOAD_IN_ONE_REQUEST = 64 << 20  # bytes: a smaller local file is uploaded whole from memory, a larger one in chunks
 _checked: set[str] = set()  # endpoints that answered (once per process)
 
 
@@ -110,6 +113,19 @@ def isfile(path: PathLike) -> bool:
         return _fs(path).isfile(_key(path))
 
 
+def stamp(path: PathLike) -> tuple[int, int]:
+    """(size in bytes, version) of a file: the version changes when the file is rewritten (its mtime in whole
+    seconds on disk, its generation for an object), so the pair tells whether an input changed since a run."""
+    if not is_remote(path):
+        st = os.stat(path)
+        return st.st_size, int(st.st_mtime)
+    with _errors(path):
+        info = _fs(path).info(_key(path))
+        generation = str(info.get("generation") or "")
+        version = int(generation) if generation.isdigit() else int(_fs(path).modified(_key(path)).timestamp())
+    return int(info.get("size") or 0), version
+
+
 def listdir(path: PathLike) -> list[str]:
     """Names (not paths) of the entries of a directory, sorted."""
     if not is_remote(path):
@@ -174,6 +190,17 @@ def write_atomic(path: PathLike, data: bytes | str) -> None:
     os.replace(tmp, path)
 
 
+def append_text(path: PathLike, text: str) -> None:
+    """Adds `text` at the end of a text file, creating it. On disk an append; an object cannot be appended to
+    (gcsfs's append mode silently overwrites), so on a URL the object is read and rewritten whole: meant for
+    small files that one process writes (a sweep's results), not for logs (see train.logs.MetricWriter)."""
+    if not is_remote(path):
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(text)
+        return
+    write_atomic(path, (read_text(path) if exists(path) else "") + text)
+
+
 def open_file(path: PathLike, mode: str = "rb", **kwargs: Any):
     """A file object of `path` (a URL's is gcsfs's: a write is uploaded when it is closed)."""
     if not is_remote(path):
@@ -192,11 +219,17 @@ def remove(path: PathLike) -> None:
 
 
 def copy(src: PathLike, dst: PathLike) -> None:
-    """Copies one file, local or remote, to a local or remote destination (overwriting it)."""
+    """Copies one file, local or remote, to a local or remote destination (overwriting it); an object is
+    downloaded, and a local file over UPLOAD_IN_ONE_REQUEST bytes uploaded, in chunks rather than read whole."""
     if not is_remote(src) and not is_remote(dst):
         shutil.copyfile(src, dst)
-        return
-    write_atomic(dst, read_bytes(src))
+    elif not is_remote(src):
+        _upload(os.fspath(src), os.fspath(dst))
+    elif not is_remote(dst):
+        with _errors(src):
+            _fs(src).get_file(_key(src), os.fspath(dst))
+    else:
+        write_atomic(dst, read_bytes(src))
 
 
 def move(src: PathLike, dst: PathLike) -> None:
@@ -208,6 +241,36 @@ def move(src: PathLike, dst: PathLike) -> None:
     with _errors(src):  # copy + delete: gcsfs's server-side move is not in every GCS API (nor emulator)
         _fs(src).copy(_key(src), _key(dst), recursive=True)
         _fs(src).rm(_key(src), recursive=True)
+
+
+@contextlib.contextmanager
+def local_output(path: PathLike) -> Iterator[str]:
+    """A local path to write `path`'s contents to, for libraries that only write local files (ArrayRecord, gzip,
+    numpy). When the block ends without an error the file is published at `path` whole: renamed into place on
+    disk, uploaded to a URL; on an error it is discarded and `path` keeps its previous contents."""
+    path = os.fspath(path)
+    if is_remote(path):
+        with tempfile.TemporaryDirectory(prefix="gptx-") as tmp:
+            local = os.path.join(tmp, basename(path))
+            yield local
+            _upload(local, path)
+        return
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _upload(local: str, path: str) -> None:
+    if os.path.getsize(local) <= UPLOAD_IN_ONE_REQUEST:
+        with open(local, "rb") as f:
+            write_atomic(path, f.read())
+        return
+    with _errors(path):
+        _fs(path).put_file(local, _key(path))
 
 
 @contextlib.contextmanager
@@ -280,6 +343,12 @@ def _configure_gcsfs() -> None:
         fsspec.config.conf.setdefault(name, {}).setdefault("cache_timeout", 0)
         fsspec.config.conf[name].setdefault("requests_timeout", REQUEST_TIMEOUT_S)
     import gcsfs
+
+    # An emulator named by STORAGE_EMULATOR_HOST (gcsfs, google-cloud-storage) serves tensorstore (orbax's arrays)
+    # and array_record's C++ reader too, unless they are pointed elsewhere: without it they would ask Google.
+    if gcs_endpoint() != "https://storage.googleapis.com":
+        for var in ("TENSORSTORE_GCS_HTTP_URL", "CLOUD_STORAGE_EMULATOR_ENDPOINT"):
+            os.environ.setdefault(var, gcs_endpoint())
 
     # gcsfs's default (zonal/HNS-aware) filesystem asks for each bucket's type on every call through a second
     # client, which without credentials (an emulator) asks the GCE metadata server for seconds each time. Plain

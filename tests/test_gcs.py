@@ -1,12 +1,16 @@
 """Runs whose workdir is a gs:// bucket, against a real GCS API on 127.0.0.1 (fake-gcs-server, in memory).
 
-What a TPU-pod user expects: `train --workdir=gs://...` leaves checkpoints, config.json, metrics.jsonl and
-TensorBoard events in the bucket with every step once; a resumed run ends exactly where an uninterrupted one
-does; `sample` and `eval` read the run from the bucket and `eval` writes its results there; a bucket that cannot
-be reached is one line within seconds, not a minute of retries.
+What a TPU-pod user expects: `prepare` reads its sources from the bucket and writes ArrayRecord shards and its
+reports there, and `train` reads those shards; `train --workdir=gs://...` leaves checkpoints, config.json,
+metrics.jsonl and TensorBoard events in the bucket with every step once; a resumed run ends exactly where an
+uninterrupted one does; `tokenizer`, `finetune` (from a run in the bucket), `scaling` and `convert` (export, and
+import into a bucket workdir) read and write the bucket; `sample` and `eval` read the run from the bucket and
+`eval` writes its results there; a bucket that cannot be reached, a missing object or a damaged shard is one line
+naming it, within seconds, not a minute of retries.
 """
 
 import importlib.util
+import io
 import json
 import os
 import socket
@@ -20,7 +24,7 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
-from conftest import REPO, load_config, tiny_config
+from conftest import REPO, SHARED_DATA, load_config, tiny_config
 
 from gptx import fs
 from gptx import mesh as mesh_lib
@@ -111,6 +115,29 @@ def test_the_path_layer_reads_writes_and_lists_objects(gcs, tmp_path):
     assert fs.listdir(fs.join(root, "moved")) == ["one.txt", "two.bin"] and not fs.exists(fs.join(root, "a"))
 
 
+def test_local_output_publishes_whole_files_or_nothing(gcs, tmp_path, monkeypatch):
+    """What ArrayRecord, safetensors and gzip write locally arrives in the bucket only when the block succeeds; a
+    large file goes up in chunks (gcsfs's resumable upload), byte for byte."""
+    target = fs.join(gcs, "output", "data.bin")
+    with fs.local_output(target) as local, open(local, "wb") as f:
+        f.write(b"first")
+    assert fs.read_bytes(target) == b"first"
+    with pytest.raises(RuntimeError, match="interrupted"), fs.local_output(target) as local:
+        with open(local, "wb") as f:
+            f.write(b"half of the second")
+        raise RuntimeError("interrupted")
+    assert fs.read_bytes(target) == b"first"  # the previous contents stay
+    monkeypatch.setattr(fs, "UPLOAD_IN_ONE_REQUEST", 1 << 20)
+    big = np.random.default_rng(0).bytes(6 << 20)  # over gcsfs's 5 MiB single-request limit too
+    (tmp_path / "big.bin").write_bytes(big)
+    fs.copy(tmp_path / "big.bin", fs.join(gcs, "output", "big.bin"))
+    assert fs.read_bytes(fs.join(gcs, "output", "big.bin")) == big and fs.stamp(target)[0] == 5
+    on_disk = tmp_path / "out.bin"
+    with fs.local_output(on_disk) as local, open(local, "wb") as f:
+        f.write(b"local")
+    assert on_disk.read_bytes() == b"local" and sorted(os.listdir(tmp_path)) == ["big.bin", "out.bin"]
+
+
 def test_a_missing_object_or_bucket_is_named(gcs):
     with pytest.raises(FileNotFoundError, match=rf"^{gcs}/nothing.txt not found$"):
         fs.read_text(f"{gcs}/nothing.txt")
@@ -142,18 +169,22 @@ def test_an_unreachable_endpoint_is_one_line_within_seconds(gcs, tmp_path):
 
 def test_metrics_in_the_bucket_keep_each_step_once_across_a_resume(gcs):
     """Objects cannot be appended to: the writer rewrites metrics.jsonl whole, and a resumed run's writer drops the
-    rows a killed run logged after its last checkpoint, then continues the rest."""
+    rows (and TensorBoard scalars) a killed run logged after its last checkpoint, then continues the rest."""
     workdir = fs.join(gcs, "metrics")
-    killed = logs.MetricWriter(workdir, tensorboard=False)
+    killed = logs.MetricWriter(workdir)
     for step in range(1, 7):
         killed.write(step, {"loss": 1.0 / step})
     killed.flush()  # as before the checkpoint of step 4 ... then rows 5 and 6, then SIGKILL (no close)
-    resumed = logs.MetricWriter(workdir, tensorboard=False)
+    time.sleep(1.1)  # a restarted process: its events file is named by another second
+    resumed = logs.MetricWriter(workdir)
     resumed.truncate_after(4)
     for step in range(5, 9):
         resumed.write(step, {"loss": 1.0 / step})
     resumed.close()
     assert [r["step"] for r in logs.read_metrics(workdir)] == list(range(1, 9))
+    events = fs.glob(fs.join(workdir, "tensorboard", "events.out.tfevents.*"))
+    per_file = [sorted(step for tag, step in _event_scalars(fs.read_bytes(e)) if tag == "loss") for e in events]
+    assert sorted(per_file) == [[1, 2, 3, 4], [5, 6, 7, 8]]
 
 
 def test_a_compressed_corpus_and_tokenizers_are_read_from_the_bucket(gcs):
@@ -173,6 +204,123 @@ def test_a_compressed_corpus_and_tokenizers_are_read_from_the_bucket(gcs):
     assert tokenizer_lib.find(fs.join(gcs, "data", "bpe")) == saved
     loaded = tokenizer_lib.load(fs.join(gcs, "data", "bpe"))
     assert loaded.encode(text[:500]) == bpe.encode(text[:500])
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Data preparation in the bucket
+
+
+@pytest.fixture(scope="module")
+def gs_prepared(gcs, tmp_path_factory):
+    """`prepare` of test_prepare's corpus (a curated and a raw source, duplicates, bad lines, a planted evaluation
+    example) uploaded to the bucket, into gs:// shards: (config, output prefix, report)."""
+    from test_prepare import _corpus
+
+    from gptx.data import prepare
+
+    local = tmp_path_factory.mktemp("prepare-sources")
+    cfg = _corpus(local)
+    src = fs.join(gcs, "prepare", "sources")
+    for name in ("curated.txt", "raw.jsonl"):  # (the evaluation task file stays local: decontam reads it so)
+        fs.copy(local / name, fs.join(src, name))
+    cfg.data_prep.sources = tuple({**s, "path": fs.join(src, fs.basename(s["path"]))} for s in cfg.data_prep.sources)
+    out = fs.join(gcs, "prepare", "out")
+    return cfg, out, prepare.run(cfg, out)
+
+
+def test_prepare_reads_gs_sources_and_writes_gs_shards_and_reports(gs_prepared, tmp_path):
+    from test_prepare import _corpus
+
+    from gptx.data import prepare, records, sources
+
+    cfg, out, report = gs_prepared
+    stages = {s["stage"]: s for s in report["stages"]}
+    assert stages["read"]["details"]["sources"]["raw"]["bad"] == {"bad_json": 1, "empty": 1}
+    assert stages["decontam"]["details"]["docs_contaminated"] == 1
+    assert report["output_dir"] == out  # a URL as it is, not ./gs:/...
+    shards = report["shards"]
+    names = fs.listdir(out)
+    assert len([n for n in names if n.startswith("train-")]) == shards["train_shards"] >= 2
+    assert len([n for n in names if n.startswith("val-")]) == shards["val_shards"] >= 1
+    assert {"report.json", "summary.md", "quality_model.npz", "stages"} <= set(names)
+    assert not any(".tmp" in n for n in names)
+    assert json.loads(fs.read_text(fs.join(out, "report.json")))["shards"] == shards
+    assert "## Duplicates" in fs.read_text(fs.join(out, "summary.md"))
+    assert set(np.load(io.BytesIO(fs.read_bytes(fs.join(out, "quality_model.npz"))))) >= {"weights", "bias"}
+    # grain reads the shards in the bucket itself (array_record's reader speaks GCS)
+    corpus = sources.read_documents(out)
+    assert isinstance(corpus, records.PreparedCorpus)
+    assert len(corpus.train) == shards["train_docs"] and len(corpus.val) == shards["val_docs"] > 0
+    texts = list(corpus)
+    assert len(set(texts)) == len(texts) and corpus[0] == texts[0]
+    # the same corpus prepared on local disk: the same documents, shard by shard
+    for s in cfg.data_prep.sources:
+        fs.copy(s["path"], tmp_path / fs.basename(s["path"]))
+    fs.copy(cfg.data_prep.decontam.task_files[0], tmp_path / "task.jsonl")
+    assert fs.stamp(tmp_path / "raw.jsonl")[0] == fs.stamp(cfg.data_prep.sources[1]["path"])[0]
+    local_report = prepare.run(_corpus(tmp_path), str(tmp_path / "out"))
+    assert local_report["shards"] == shards
+    assert list(sources.read_documents(str(tmp_path / "out"))) == texts
+
+
+def test_prepare_in_the_bucket_resumes_and_reruns_a_changed_source(gs_prepared):
+    from gptx.data import prepare
+
+    cfg, out, report = gs_prepared
+    again = prepare.run(cfg, out)
+    assert all(s["resumed"] for s in again["stages"]) and again["shards"]["written"] == 0
+    assert again["shards"]["skipped"] == report["shards"]["train_shards"] + report["shards"]["val_shards"]
+    raw = cfg.data_prep.sources[1]["path"]
+    fs.write_atomic(raw, fs.read_bytes(raw) + json.dumps({"text": "one more document " * 30}).encode() + b"\n")
+    changed = prepare.run(cfg, out)  # a rewritten object is a new generation: the read stage reruns
+    assert not any(s["resumed"] for s in changed["stages"])
+    assert changed["stages"][0]["per_source"]["raw"]["docs_out"] == 121
+
+
+def test_an_emulator_named_by_storage_emulator_host_alone_serves_every_client(gs_prepared):
+    """gcsfs, tensorstore and array_record's reader each have their own variable; gptx.fs points the last two at
+    STORAGE_EMULATOR_HOST when they are unset, so a prepared corpus in an emulator's bucket reads with one variable."""
+    from gptx.data import sources
+
+    _, out, _ = gs_prepared
+    own = ("TENSORSTORE_GCS_HTTP_URL", "CLOUD_STORAGE_EMULATOR_ENDPOINT")
+    env = {k: v for k, v in os.environ.items() if k not in own}
+    code = "import sys; from gptx.data import sources; c = sources.read_documents(sys.argv[1]); print(len(c), c[0])"
+    got = subprocess.run([sys.executable, "-c", code, out], env=env, capture_output=True, text=True, timeout=60)
+    assert got.returncode == 0, got.stderr[-2000:]
+    corpus = sources.read_documents(out)
+    assert got.stdout == f"{len(corpus)} {corpus[0]}\n"
+
+
+def test_bad_prepare_input_in_the_bucket_is_one_line_naming_the_object(gcs):
+    from gptx.data import prepare, readers, records, sources
+    from gptx.errors import DataError
+
+    missing = readers.Source("web", fs.join(gcs, "nowhere", "web.jsonl"))
+    with pytest.raises(FileNotFoundError, match=rf"^source 'web': no file {gcs}/nowhere/web.jsonl$"):
+        readers.source_files(missing)
+    cfg = tiny_config()
+    cfg.data_prep.sources = (dict(name="web", path=fs.join(gcs, "nowhere", "*.jsonl")),)
+    with pytest.raises(FileNotFoundError, match=rf"no file {gcs}/nowhere/\*.jsonl"):
+        prepare.run(cfg, fs.join(gcs, "nowhere", "out"))
+    bad = fs.join(gcs, "damaged", records.shard_name("train", 0, 1))
+    fs.write_atomic(bad, b"not an ArrayRecord file")
+    with pytest.raises(DataError, match=rf"^{bad}: not a readable ArrayRecord shard \("):
+        sources.read_documents(fs.join(gcs, "damaged"))
+    with pytest.raises(FileNotFoundError, match=rf"{gcs}/no-corpus not found"):
+        sources.read_documents(fs.join(gcs, "no-corpus"))
+
+
+def test_train_reads_prepared_shards_from_the_bucket(gs_prepared):
+    _, out, report = gs_prepared
+    cfg = tiny_config()
+    cfg.data.corpus = out
+    cfg.train.update(steps=2, eval_every=2, ckpt_every=2)
+    mesh = mesh_lib.make_mesh(cfg.mesh, devices=jax.devices()[:1])
+    workdir = fs.join(fs.dirname(out), "train")
+    result = pretrain.run(cfg, workdir, mesh)
+    assert int(result.state.step) == 2 and checkpoints.all_steps(workdir) == [2]
+    assert [r["step"] for r in logs.read_metrics(workdir) if "loss" in r] == [1, 2]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -229,6 +377,10 @@ def test_a_resumed_run_in_the_bucket_equals_an_uninterrupted_one(gs_run):
     resumed = pretrain.run(cfg, split, mesh)
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(resumed.state.params), jax.device_get(full.params))
     assert [r["step"] for r in logs.read_metrics(split) if "loss" in r] == list(range(1, 9))
+    events = fs.glob(fs.join(split, "tensorboard", "events.out.tfevents.*"))
+    assert len(events) == 2  # one per process that trained; each step in exactly one of them
+    scalars = [sc for e in events for sc in _event_scalars(fs.read_bytes(e))]
+    assert sorted(step for tag, step in scalars if tag == "loss") == list(range(1, 9))
 
 
 def test_a_damaged_step_in_the_bucket_is_moved_aside_and_the_run_retrains_it(gs_run):
@@ -276,6 +428,136 @@ def test_eval_writes_its_results_into_the_bucket(gs_run):
     assert len(rows) == 4
 
 
+def test_a_tokenizer_trained_into_a_bucket_workdir_is_found_there(gcs):
+    from gptx.data import tokenizer as tokenizer_lib
+
+    cfg = tiny_config()
+    workdir = fs.join(gcs, "tokenizer")
+    tok = pretrain.train_tokenizer(cfg, workdir)  # what `gptx.main tokenizer` runs
+    path = pretrain.tokenizer_path(cfg, workdir)
+    assert path == fs.join(workdir, "tokenizer.model") and fs.listdir(workdir) == ["tokenizer.model"]
+    loaded = tokenizer_lib.load(path)
+    assert loaded.vocab_size == tok.vocab_size == 512
+    assert loaded.encode("ROMEO: But soft!") == tok.encode("ROMEO: But soft!")
+    assert pretrain.load_tokenizer(cfg, workdir).encode("thou art") == tok.encode("thou art")  # found, not retrained
+    assert not os.path.exists(os.path.join(REPO, "gs:"))
+
+
+def test_the_tokenizer_command_reads_a_gs_corpus_into_a_gs_workdir(gcs):
+    """`python -m gptx.main tokenizer` as a user runs it, corpus and workdir in the bucket."""
+    import gzip
+
+    from gptx.data import sources
+
+    corpus = fs.join(gcs, "cli", "corpus.txt.gz")
+    fs.write_atomic(corpus, gzip.compress(sources.read_text("bundled:tinyshakespeare")[:200_000].encode()))
+    workdir = fs.join(gcs, "cli", "tok")
+    out = subprocess.run(
+        [sys.executable, "-m", "gptx.main", "tokenizer", "--config=configs/demo.py", f"--workdir={workdir}",
+         f"--config.data.corpus={corpus}", "--config.tokenizer.vocab_size=400"],
+        cwd=REPO, env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith(f"tokenizer with 400 pieces -> {workdir}/tokenizer.model"), out.stdout
+    assert fs.listdir(workdir) == ["tokenizer.model"]  # (the write check's probe object is gone)
+    assert not os.path.exists(os.path.join(REPO, "gs:"))
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "sst2").exists(), reason=f"SST-2 not found under {SHARED_DATA}")
+def test_finetune_starts_from_a_run_in_the_bucket_and_writes_into_the_bucket(gs_run):
+    from gptx.train import finetune
+
+    pretrained, _, _ = gs_run
+    cfg = tiny_config()
+    cfg.finetune.update(tasks="sst2", data_dir=str(SHARED_DATA), init_from=pretrained, train_limit=16, eval_limit=8)
+    cfg.finetune.update(epochs=1.0)
+    cfg.train.update(batch_size=8, eval_every=1000, ckpt_every=1000, log_every=1)
+    workdir = fs.join(fs.dirname(pretrained), "finetune")
+    out = finetune.run(cfg, workdir, mesh_lib.make_mesh(cfg.mesh, devices=jax.devices()[:1]))
+    assert out["steps"] == 2 and out["init_from"] == pretrained
+    saved = json.loads(fs.read_text(fs.join(workdir, finetune.RESULTS)))
+    assert saved["tasks"]["sst2"]["accuracy"] == out["tasks"]["sst2"]["accuracy"]
+    assert fs.read_bytes(fs.join(workdir, "tokenizer.model")) == fs.read_bytes(fs.join(pretrained, "tokenizer.model"))
+    assert checkpoints.all_steps(workdir) == [2]
+    assert [r["step"] for r in logs.read_metrics(workdir) if "loss" in r] == [1, 2]
+
+
+def test_a_scaling_sweep_of_two_runs_lives_in_the_bucket(gs_run, monkeypatch):
+    from gptx import scaling
+
+    cfg = load_config("scaling", "tiny")
+    cfg.scaling.update(n_sizes=2, d_model_min=8, d_model_max=16, min_steps=2)
+    cfg.train.eval_batches = 1
+    cfg.data.tokenizer = fs.join(gs_run[0], "tokenizer.model")  # a tokenizer in the bucket, shared by the runs
+    workdir = fs.join(fs.dirname(gs_run[0]), "sweep")
+    results = scaling.sweep(cfg, workdir)
+    names = [name for name, _ in scaling.schedule(cfg)]
+    assert list(results) == names and len(names) == 2
+    lines = fs.read_text(fs.join(workdir, scaling.RESULTS)).splitlines()
+    assert [json.loads(line)["name"] for line in lines] == names  # the second row added, the first kept
+    for name in names:
+        run_dir = fs.join(workdir, "runs", name)
+        assert results[name]["workdir"] == run_dir and checkpoints.all_steps(run_dir)
+        assert np.isfinite(results[name]["loss"])
+    monkeypatch.setattr(pretrain, "run", lambda *a, **k: pytest.fail("a finished run was trained again"))
+    assert scaling.sweep(cfg, workdir) == results
+
+
+def test_scaling_predict_and_fit_write_their_files_into_the_bucket(gcs):
+    from gptx import scaling
+
+    cfg = load_config("scaling")
+    cfg.scaling.bootstrap = 8
+    truth = scaling.ComputeLaw(a=60.0, b=-0.1, c=1.5)
+    rows = [
+        {"name": name, **scaling.run_size(c), "loss": float(truth(scaling.run_size(c)["compute"]))}
+        for name, c in scaling.schedule(cfg)
+    ]
+    workdir = fs.join(gcs, "predict")
+    fs.write_atomic(fs.join(workdir, scaling.RESULTS), "".join(json.dumps(r) + "\n" for r in rows[:-1]))
+    before = scaling.predict(cfg, workdir)["targets"][0]
+    assert before["measured"] is None and before["predicted"] == pytest.approx(rows[-1]["loss"], rel=0.01)
+    assert fs.read_bytes(fs.join(workdir, "prediction.png")).startswith(b"\x89PNG")
+    fs.append_text(fs.join(workdir, scaling.RESULTS), json.dumps(rows[-1]) + "\n")
+    after = scaling.predict(cfg, workdir)["targets"][0]
+    assert after["predicted"] == before["predicted"] and after["measured"] == rows[-1]["loss"]
+    stored = json.loads(fs.read_text(fs.join(workdir, scaling.PREDICTION)))
+    assert stored["targets"][0]["measured"] == rows[-1]["loss"]  # the frozen prediction, now with its measurement
+    out = scaling.run_command(cfg, workdir, "fit")
+    assert json.loads(fs.read_text(fs.join(workdir, "fit.json")))["points"] == out["points"] == len(rows)
+
+
+def test_convert_exports_a_run_in_the_bucket_to_a_hugging_face_directory_in_the_bucket(gs_run, tmp_path):
+    from safetensors.numpy import load
+
+    from gptx.data import tokenizer as tokenizer_lib
+    from gptx.interop import workdir as convert
+
+    workdir, cfg, full = gs_run
+    hf_dir = fs.join(fs.dirname(workdir), "hf")
+    mesh = mesh_lib.make_mesh(cfg.mesh, devices=jax.devices()[:1])
+    info = convert.export_checkpoint(tiny_config(), workdir, hf_dir, mesh=mesh)  # `convert --direction=export`
+    local = tmp_path / "hf"
+    assert convert.export_checkpoint(tiny_config(), workdir, str(local), mesh=mesh) == info
+    assert fs.listdir(hf_dir) == sorted(os.listdir(local))
+    assert {"config.json", "model.safetensors", "tokenizer.model"} <= set(fs.listdir(hf_dir))
+    assert fs.read_text(fs.join(hf_dir, "config.json")) == (local / "config.json").read_text()
+    remote = load(fs.read_bytes(fs.join(hf_dir, "model.safetensors")))
+    on_disk = load((local / "model.safetensors").read_bytes())
+    assert sorted(remote) == sorted(on_disk)
+    for name, array in on_disk.items():
+        np.testing.assert_array_equal(remote[name], array)
+    # and back: `convert` (import) of the HF directory into a workdir in the bucket, which `sample` reads
+    imported = fs.join(fs.dirname(workdir), "imported")
+    convert.import_checkpoint(tiny_config(), str(local), imported, mesh=mesh)
+    assert json.loads(fs.read_text(fs.join(imported, "hf_import.json")))["info"]["source"] == str(local)
+    reader = tiny_config()
+    reader.mesh.data = -1  # all test devices
+    _, params, tok = pretrain.load_trained(reader, imported)
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(params), jax.device_get(full.params))
+    assert tok.encode("ROMEO:") == tokenizer_lib.load(fs.join(workdir, "tokenizer.model")).encode("ROMEO:")
+
+
 @pytest.mark.slow
 def test_kill_9_then_resume_in_the_bucket_equals_an_uninterrupted_run(gcs):
     """test_faults' SIGKILL-mid-run check with both workdirs in the bucket (checkpoint every step, async)."""
@@ -303,6 +585,9 @@ def test_kill_9_then_resume_in_the_bucket_equals_an_uninterrupted_run(gcs):
     }
     jax.tree.map(np.testing.assert_array_equal, final[killed], final[clean])
     assert [r["step"] for r in logs.read_metrics(killed) if "loss" in r] == list(range(1, 25))  # each step once
+    events = fs.glob(fs.join(killed, "tensorboard", "events.out.tfevents.*"))
+    steps = sorted(step for e in events for tag, step in _event_scalars(fs.read_bytes(e)) if tag == "loss")
+    assert len(events) == 2 and steps == list(range(1, 25)), steps
 
 
 @pytest.mark.slow

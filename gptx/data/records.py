@@ -1,18 +1,20 @@
 """ArrayRecord shards of prepared documents, and the random-access corpus the loader reads from them.
 
 A prepared directory holds `train-00000-of-000NN.array_record` ... and `val-...` shards; each record is the
-UTF-8 JSON of {"id", "source", "text"}. Shards are written to a temporary name and renamed, so a shard file that
-exists is complete.
+UTF-8 JSON of {"id", "source", "text"}. The directory may be local or a URL (gs://...): a shard is written to a
+local file and then renamed into place or uploaded whole (ArrayRecord's writer cannot open a URL), so a shard
+that exists is complete; grain's ArrayRecordDataSource reads gs:// shards directly.
 """
 
 from __future__ import annotations
 
-import glob
 import json
-import os
 from collections.abc import Sequence
 
 import grain
+
+from gptx import fs
+from gptx.errors import DataError
 
 SPLITS = ("train", "val")
 SUFFIX = ".array_record"
@@ -23,26 +25,26 @@ def shard_name(split: str, index: int, count: int) -> str:
 
 
 def write_shard(path: str, records: Sequence[dict]) -> None:
-    """Writes the records as one ArrayRecord file, atomically."""
+    """Writes the records as one ArrayRecord file at `path` (local or a URL), whole or not at all."""
     from array_record.python import array_record_module
 
-    tmp = f"{path}.tmp{os.getpid()}"
-    writer = array_record_module.ArrayRecordWriter(tmp, "group_size:1")
-    try:
-        for r in records:
-            writer.write(json.dumps(r, ensure_ascii=False).encode("utf-8", "surrogatepass"))
-    finally:
-        writer.close()
-    os.replace(tmp, path)
+    with fs.local_output(path) as local:
+        writer = array_record_module.ArrayRecordWriter(local, "group_size:1")
+        try:
+            for r in records:
+                writer.write(json.dumps(r, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+        finally:
+            writer.close()
 
 
 def shard_files(directory: str, split: str) -> list[str]:
-    return sorted(glob.glob(os.path.join(directory, f"{split}-*-of-*{SUFFIX}")))
+    """The shards of one split in a prepared directory (local or a URL), sorted."""
+    return fs.glob(fs.join(directory, f"{split}-*-of-*{SUFFIX}"))
 
 
 def is_prepared(path: str) -> bool:
     """True for a directory written by `prepare` (it has train shards)."""
-    return os.path.isdir(path) and bool(shard_files(path, "train"))
+    return fs.isdir(path) and bool(shard_files(path, "train"))
 
 
 def record_text(raw: bytes) -> str:
@@ -55,7 +57,22 @@ def split_dataset(directory: str, split: str) -> grain.MapDataset:
     files = shard_files(directory, split)
     if not files:
         return grain.MapDataset.source([])
-    return grain.MapDataset.source(grain.sources.ArrayRecordDataSource(files)).map(record_text)
+    try:
+        source = grain.sources.ArrayRecordDataSource(files)
+    except RuntimeError as e:  # array_record's message does not say which file
+        bad = next((f for f in files if not _readable(f)), directory)
+        raise DataError(f"{bad}: not a readable ArrayRecord shard ({e}); rerun `prepare` to rewrite it") from None
+    return grain.MapDataset.source(source).map(record_text)
+
+
+def _readable(path: str) -> bool:
+    from array_record.python import array_record_module
+
+    try:
+        array_record_module.ArrayRecordReader(path).close()
+    except RuntimeError:
+        return False
+    return True
 
 
 class PreparedCorpus(Sequence):

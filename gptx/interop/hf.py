@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from gptx import config as config_lib
+from gptx import fs
 from gptx.errors import InteropError
 
 # gptx's MLP uses the tanh approximation of GELU; these HF activation names compute the same function.
@@ -405,10 +406,10 @@ def load_weights(path: str, *, allow_pickle: bool = False) -> dict[str, np.ndarr
 
 
 def read_json(path: str) -> dict[str, Any]:
-    if not os.path.exists(path):
+    """The JSON object in `path` (local or a URL); {} when there is no such file."""
+    if not fs.exists(path):
         return {}
-    with open(path) as f:
-        return json.load(f)
+    return json.loads(fs.read_text(path))
 
 
 def special_tokens(hf_dir: str, hf: Mapping[str, Any]) -> dict[str, Any]:
@@ -455,8 +456,7 @@ def save_hf(hf_dir: str, params: Mapping[str, Any], m, info: Mapping[str, Any] |
 
     hf = hf_config_from_model(m, info)
     weights = params_to_hf(params, m)
-    os.makedirs(hf_dir, exist_ok=True)
-    save_file(weights, os.path.join(hf_dir, "model.safetensors"), metadata={"format": "pt"})
-    with open(os.path.join(hf_dir, "config.json"), "w") as f:
-        json.dump(hf, f, indent=2, sort_keys=True)
-        f.write("\n")
+    fs.makedirs(hf_dir)  # (hf_dir may be a URL: safetensors writes a local file, uploaded whole)
+    with fs.local_output(fs.join(hf_dir, "model.safetensors")) as local:
+        save_file(weights, local, metadata={"format": "pt"})
+    fs.write_atomic(fs.join(hf_dir, "config.json"), json.dumps(hf, indent=2, sort_keys=True) + "\n")

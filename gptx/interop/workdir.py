@@ -10,7 +10,6 @@ formats are gptx/interop/hf.py's.
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import jax
@@ -18,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gptx import config as config_lib
+from gptx import fs
 from gptx import mesh as mesh_lib
 from gptx.data import tokenizer as tokenizer_lib
 from gptx.errors import InteropError
@@ -102,8 +102,10 @@ def import_checkpoint(
             add_bos=tok.add_bos, source=source, path=saved,
         )  # fmt: skip
     info["overrides"] = model_overrides(m, cfg.model)
-    with open(os.path.join(workdir, IMPORT_NOTE), "w") as f:
-        json.dump({"info": info, "model": m.to_dict()}, f, indent=2, default=str)
+    if jax.process_index() == 0:
+        fs.write_atomic(
+            fs.join(workdir, IMPORT_NOTE), json.dumps({"info": info, "model": m.to_dict()}, indent=2, default=str)
+        )
     return new, info
 
 
@@ -120,7 +122,7 @@ def hf_tokenizer(hf_dir: str, model_vocab: int) -> tuple[tokenizer_lib.Tokenizer
     tok = tokenizer_lib.load(path)
     if tok.vocab_size > model_vocab:
         raise InteropError(
-            f"{path}: the tokenizer has {tok.vocab_size} ids but {os.path.join(hf_dir, 'config.json')} has "
+            f"{path}: the tokenizer has {tok.vocab_size} ids but {fs.join(hf_dir, 'config.json')} has "
             f"vocab_size={model_vocab}; this tokenizer does not belong to this model"
         )
     return tok, path
@@ -132,7 +134,7 @@ def export_checkpoint(cfg, workdir: str, hf_dir: str, *, mesh=None) -> dict[str,
     tokenizer as tokenizer.json + tokenizer_config.json, which `transformers.AutoTokenizer` loads). Returns the info."""
     cfg = integrity.with_model_of(cfg, workdir)
     params = load_checkpoint_params(cfg, workdir, mesh)
-    note = read_json(os.path.join(workdir, IMPORT_NOTE)).get("info", {})
+    note = read_json(fs.join(workdir, IMPORT_NOTE)).get("info", {})
     info = {k: note.get(k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
     tok_path = cfg.data.tokenizer or tokenizer_lib.find(workdir)
     tok = tokenizer_lib.load(tok_path) if tok_path else None

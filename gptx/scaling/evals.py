@@ -10,12 +10,12 @@ checkpoints (RUN_DIR/eval_results.examples.jsonl), as the `eval` command writes 
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import jax
 import ml_collections
 
+from gptx import fs
 from gptx.eval import command, harness, sandbox
 from gptx.eval import tasks as T
 
@@ -71,5 +71,5 @@ def evaluate_run(cfg: ml_collections.ConfigDict, run_dir: str) -> dict[str, dict
     per_example: list[dict[str, Any]] = []
     out = command.evaluate(ecfg, lm, None, per_example)
     if jax.process_index() == 0:
-        command.write_jsonl(os.path.join(run_dir, EXAMPLES), per_example)
+        command.write_jsonl(fs.join(run_dir, EXAMPLES), per_example)
     return summarize(out, per_example, int(cfg.scaling.eval_shots))

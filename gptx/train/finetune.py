@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from typing import Any
 
 import jax
@@ -40,6 +39,7 @@ from jax.sharding import Mesh
 
 from gptx import config as config_lib
 from gptx import flops as flops_lib
+from gptx import fs
 from gptx import mesh as mesh_lib
 from gptx.data import finetune_tasks as ft
 from gptx.data import paths
@@ -350,7 +350,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, mesh: Mesh | None = None) 
         "final_train_loss": last.get("loss"),
         "special_tokens": dataclasses.asdict(special),
     }
-    logs.write_json(os.path.join(workdir, RESULTS), out)
+    logs.write_json(fs.join(workdir, RESULTS), out)
     if jax.process_index() == 0:
         for name, r in out["tasks"].items():
             print(f"{name}: dev accuracy {r['accuracy']:.4f} on {r['examples']} examples ({r['dev_file']})")

@@ -64,7 +64,10 @@ class MetricWriter:
 
     def truncate_after(self, step: int) -> None:
         """Drops the rows of steps after `step` (those a killed run logged after its last checkpoint), so a
-        resumed run's metrics.jsonl has each step once. Rewritten whole, never half-written."""
+        resumed run's metrics.jsonl and TensorBoard events have each step once. Rewritten whole, never
+        half-written."""
+        if self._tb is not None:
+            self._tb.truncate_after(step)
         if not self.active or not fs.exists(self.path):
             return
         rows = self._remote_rows() if self.remote else _read_rows(self.path)
@@ -105,8 +108,18 @@ class _Events:
         from tensorboardX import SummaryWriter
 
         self.logdir = logdir
+        self.earlier = fs.glob(fs.join(logdir, "events.out.tfevents.*"))  # of the runs this one resumes
         self.local = tempfile.mkdtemp(prefix="gptx-tensorboard-") if fs.is_remote(logdir) else None
         self.writer = SummaryWriter(self.local or logdir)
+
+    def truncate_after(self, step: int) -> None:
+        """Drops the scalars of steps after `step` from the earlier runs' events files: a killed run's last steps,
+        which this run logs again."""
+        for path in self.earlier:
+            raw = fs.read_bytes(path)
+            kept = b"".join(r for r, s in _event_records(raw) if s <= step)
+            if len(kept) < len(raw):
+                fs.write_atomic(path, kept)
 
     def add_scalar(self, tag: str, value: float, step: int) -> None:
         self.writer.add_scalar(tag, value, step)
@@ -125,6 +138,22 @@ class _Events:
         if self.local is not None:
             for name in os.listdir(self.local):  # one events file per writer; a resumed run adds its own
                 fs.copy(os.path.join(self.local, name), fs.join(self.logdir, name))
+
+
+def _event_records(raw: bytes) -> list[tuple[bytes, int]]:
+    """(record, step) of each event of a TensorBoard events file: TFRecord framing, a little-endian u64 length,
+    its crc, the serialized Event, its crc. A record cut short at the end (a killed writer) is dropped."""
+    from tensorboardX.proto import event_pb2
+
+    out, i = [], 0
+    while i + 12 <= len(raw):
+        n = int.from_bytes(raw[i : i + 8], "little")
+        end = i + 12 + n + 4
+        if end > len(raw):
+            break
+        out.append((raw[i:end], event_pb2.Event.FromString(raw[i + 12 : i + 12 + n]).step))
+        i = end
+    return out
 
 
 def _json_float(v: float) -> float | str:
