@@ -36,6 +36,37 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def matmul_floor(params, batch: int, steps: int = 64) -> float:
+    """Seconds per step of a loop that multiplies a [batch, d] activation by every weight matrix once (the
+    embedding table as the tied head): what any decoder holding these float32 weights pays per token."""
+    import jax
+    import jax.numpy as jnp
+
+    mats = [w for w in jax.tree.leaves(params) if w.ndim == 2]
+    width = max(max(w.shape) for w in mats)
+
+    @jax.jit
+    def loop(x):
+        def body(_, x):
+            acc = x
+            for w in mats:
+                a, b = w.shape
+                y = x[:, :a] @ w if a <= b else x[:, :b] @ w.T  # [batch, a] @ [a, b] (or the table transposed)
+                acc = acc + 1e-6 * jnp.pad(y[:, :width], ((0, 0), (0, width - y.shape[1])))
+            return acc
+
+        return jax.lax.fori_loop(0, steps, body, x)
+
+    x = jnp.ones((batch, width), jnp.float32)
+    loop(x).block_until_ready()
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        loop(x).block_until_ready()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) / steps
+
+
 def main(argv=None) -> None:
     load = LoadWatch()
     args = parse_args(argv)
@@ -111,6 +142,12 @@ def main(argv=None) -> None:
     hf_by_threads = {str(t): generated / statistics.median(times[t]) for t in settings}
     hf_tps = max(hf_by_threads.values())
     print(f"gptx {gptx_tps:,.0f} tok/s, transformers {hf_tps:,.0f} tok/s", file=sys.stderr)
+    # A decoding step of a small batch is bound by reading every weight (and the filled KV cache) once; its
+    # floor is a loop of the same weight matmuls at the same batch, measured here (the "matmul floor").
+    param_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
+    cache_bytes = 2 * args.layers * args.batch * (tokens.shape[1] + args.new / 2) * args.d_model * 4
+    step_s = statistics.median(times["gptx"]) / args.new
+    floor_s = matmul_floor(params, args.batch)
     print(
         json.dumps(
             {
@@ -124,6 +161,11 @@ def main(argv=None) -> None:
                 "hf_torch_by_threads": {k: round(v, 1) for k, v in hf_by_threads.items()},
                 "ratio": round(gptx_tps / hf_tps, 2),
                 "greedy_agreement": agreement,
+                "gptx_ms_per_step": round(step_s * 1e3, 3),
+                "bytes_per_step": int(param_bytes + cache_bytes),
+                "achieved_gb_per_s": round((param_bytes + cache_bytes) / step_s / 1e9, 1),
+                "matmul_floor_ms_per_step": round(floor_s * 1e3, 3),
+                "floor_fraction": round(floor_s / step_s, 3),
                 "repeats": args.repeats,
                 "jax": jax.__version__,
                 "torch": torch.__version__,
