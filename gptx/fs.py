@@ -287,6 +287,22 @@ def local_file(path: PathLike) -> Iterator[str]:
         yield local
 
 
+@contextlib.contextmanager
+def local_dir(path: PathLike) -> Iterator[str]:
+    """A local directory holding the files directly in directory `path` (a URL's are downloaded one by one into
+    a temporary directory, removed afterwards), for readers such as Hugging Face's that open local paths."""
+    if not is_remote(path):
+        yield os.fspath(path)
+        return
+    if not isdir(path):
+        raise FileNotFoundError(f"{path} is not a directory (no objects under it)")
+    with tempfile.TemporaryDirectory(prefix="gptx-") as tmp:
+        for name in listdir(path):
+            if isfile(join(path, name)):
+                copy(join(path, name), os.path.join(tmp, name))
+        yield tmp
+
+
 # ------------------------------------------------------------------------------------------------------------
 # The remote backend
 

@@ -468,8 +468,11 @@ def test_finetune_starts_from_a_run_in_the_bucket_and_writes_into_the_bucket(gs_
     from gptx.train import finetune
 
     pretrained, _, _ = gs_run
+    data_dir = fs.join(fs.dirname(pretrained), "glue")  # the task files in the bucket too
+    for name in os.listdir(SHARED_DATA / "sst2"):
+        fs.copy(str(SHARED_DATA / "sst2" / name), fs.join(data_dir, "sst2", name))
     cfg = tiny_config()
-    cfg.finetune.update(tasks="sst2", data_dir=str(SHARED_DATA), init_from=pretrained, train_limit=16, eval_limit=8)
+    cfg.finetune.update(tasks="sst2", data_dir=data_dir, init_from=pretrained, train_limit=16, eval_limit=8)
     cfg.finetune.update(epochs=1.0)
     cfg.train.update(batch_size=8, eval_every=1000, ckpt_every=1000, log_every=1)
     workdir = fs.join(fs.dirname(pretrained), "finetune")
@@ -547,10 +550,13 @@ def test_convert_exports_a_run_in_the_bucket_to_a_hugging_face_directory_in_the_
     assert sorted(remote) == sorted(on_disk)
     for name, array in on_disk.items():
         np.testing.assert_array_equal(remote[name], array)
-    # and back: `convert` (import) of the HF directory into a workdir in the bucket, which `sample` reads
+    # and back: `convert` (import) of the HF directory in the bucket into a workdir in the bucket, which `sample`
+    # reads
     imported = fs.join(fs.dirname(workdir), "imported")
-    convert.import_checkpoint(tiny_config(), str(local), imported, mesh=mesh)
-    assert json.loads(fs.read_text(fs.join(imported, "hf_import.json")))["info"]["source"] == str(local)
+    convert.import_checkpoint(tiny_config(), hf_dir, imported, mesh=mesh)
+    assert json.loads(fs.read_text(fs.join(imported, "hf_import.json")))["info"]["source"] == hf_dir
+    with pytest.raises(FileNotFoundError, match="no-such-export"):
+        convert.import_checkpoint(tiny_config(), fs.join(fs.dirname(workdir), "no-such-export"), imported)
     reader = tiny_config()
     reader.mesh.data = -1  # all test devices
     _, params, tok = pretrain.load_trained(reader, imported)

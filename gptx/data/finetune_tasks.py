@@ -30,6 +30,7 @@ import bz2
 import csv
 import dataclasses
 import gzip
+import io
 import json
 import lzma
 import os
@@ -37,6 +38,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from gptx import fs
 from gptx.data.tokenizer import Tokenizer
 
 CLASSIFICATION, ENTAILMENT, SIMILARITY, MULTIPLE_CHOICE = "classification", "entailment", "similarity", "choice"
@@ -77,10 +79,15 @@ class ReadResult:
 
 
 def _open_text(path: str):
-    opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(os.path.splitext(path)[1], open)
-    if not os.path.exists(path):
+    """Text of a local or gs:// task file, decompressed by its suffix."""
+    if not fs.exists(path):
         raise FileNotFoundError(f"task file {path} not found (set config.finetune.data_dir)")
-    return opener(path, "rt", encoding="utf-8", errors="replace", newline="")
+    opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(os.path.splitext(path)[1])
+    if not fs.is_remote(path):
+        return (opener or open)(path, "rt", encoding="utf-8", errors="replace", newline="")
+    # An object is small enough to read whole (the GLUE/ROCStories files are a few MB).
+    raw = io.BytesIO(fs.read_bytes(path))
+    return io.TextIOWrapper(opener(raw) if opener else raw, encoding="utf-8", errors="replace", newline="")
 
 
 def _read_tsv(path: str, columns: Sequence[str], parse: Callable[[dict[str, str]], Example | None]) -> ReadResult:

@@ -85,8 +85,10 @@ def import_checkpoint(
     info["tokenizer"] describes it, None when there is none), and hf_import.json with the info and the
     `--config.model.*` values in which the import differs from `cfg` (info["overrides"]).
     """
-    m, params, info = load_hf(hf_dir, cfg.model, allow_pickle=allow_pickle)
-    found = hf_tokenizer(hf_dir, m.vocab_size)  # before anything is written: a bad tokenizer leaves no checkpoint
+    with fs.local_dir(hf_dir) as local:  # a gs:// directory is read from a local copy
+        m, params, info = load_hf(local, cfg.model, allow_pickle=allow_pickle)
+        found = hf_tokenizer(local, m.vocab_size)  # before anything is written: a bad tokenizer leaves no checkpoint
+    info["source"] = hf_dir
     new = cfg.copy_and_resolve_references()
     new.model = m
     if found is not None:  # the run's config.json then describes the tokenizer the workdir holds
