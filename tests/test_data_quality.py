@@ -86,3 +86,14 @@ def test_model_round_trips_and_filter_runs_as_a_grain_transform(tmp_path):
     texts = [r["text"] for r in records]
     expect = quality.pareto_keep(texts, model.score(texts), 9.0, 0)
     assert kept == [t for t, k in zip(texts, expect, strict=True) if k]
+
+
+def test_the_training_sample_takes_the_smallest_keys_up_to_a_count_and_a_size():
+    keys = np.array([0.5, 0.1, 0.9, 0.1, 0.3])
+    sizes = np.array([10, 20, 30, 40, 50])
+    assert quality.training_sample(keys, sizes, 0, 0).tolist() == [0, 1, 2, 3, 4]
+    assert quality.training_sample(keys, sizes, 3, 0).tolist() == [1, 3, 4]  # 0.1 (pos 1), 0.1 (pos 3), 0.3
+    # In key order 20, 40, 50, ... bytes: a document is taken while those before it sum to less than the limit.
+    assert quality.training_sample(keys, sizes, 0, 60).tolist() == [1, 3]
+    assert quality.training_sample(keys, sizes, 0, 61).tolist() == [1, 3, 4]
+    assert quality.training_sample(keys, sizes, 2, 1000).tolist() == [1, 3]

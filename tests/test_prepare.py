@@ -210,3 +210,43 @@ def test_mixing_follows_the_weights_not_the_sizes():
 
     train, val = mix.hold_out(large, 0.1, seed=0)
     assert len(val) == 10 and not {r["id"] for r in val} & {r["id"] for r in train}
+
+
+def test_a_record_keeps_its_own_id_and_others_are_named_by_file_and_line(tmp_path):
+    rows = [{"id": "doc-a", "text": "alpha text"}, {"text": "no id here"}, {"id": 7, "text": "numbered"}]
+    rows.append({"id": "", "text": "empty id"})
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recs, _ = readers.read_source(readers.Source("s", str(tmp_path / "a.jsonl")))
+    assert [r["id"] for r in recs] == ["doc-a", "a.jsonl:2", "7", "a.jsonl:4"]
+    with open(tmp_path / "b.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["key", "text"], ["k1", "first row"], ["k2", "second row"]])
+    recs, _ = readers.read_source(readers.Source("s", str(tmp_path / "b.csv"), id_field="key"))
+    assert [r["id"] for r in recs] == ["k1", "k2"]
+    records.write_shard(str(tmp_path / "c.array_record"), [{"id": "r0", "text": "x y"}, {"text": "z"}])
+    recs, _ = readers.read_source(readers.Source("s", str(tmp_path / "c.array_record")))
+    assert [r["id"] for r in recs] == ["r0", "c.array_record#1"]
+    recs, _ = readers.read_source(readers.Source("s", str(tmp_path / "a.jsonl"), id_field=""))
+    assert recs[0]["id"] == "a.jsonl:1"  # id_field="" ignores the records' ids
+
+
+def test_reading_streams_file_by_file_up_to_the_limit(tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps({"text": f"{name}{i}"}) + "\n" for i in range(3)))
+    src = readers.Source("s", str(tmp_path / "*.jsonl"), limit=4)
+    stats = readers.ReadStats()
+    docs = readers.iter_source(src, stats)
+    assert next(docs)["text"] == "a0" and stats.documents == 1  # nothing is read ahead
+    assert [r["text"] for r in docs] == ["a1", "a2", "b0"] and stats.documents == 4
+
+
+def test_stage_outputs_are_saved_in_parts_and_resumed_from_them(tmp_path, monkeypatch):
+    cfg = _corpus(tmp_path)
+    out = tmp_path / "out"
+    monkeypatch.setattr(prepare, "STAGE_PART_DOCS", 100)
+    first = prepare.run(cfg, str(out))
+    parts = sorted(p.name for p in (out / "stages").glob("00_read-part-*.jsonl.gz"))
+    assert parts == ["00_read-part-00000.jsonl.gz", "00_read-part-00001.jsonl.gz", "00_read-part-00002.jsonl.gz"]
+    (out / "stages" / "04_fuzzy_dedup-part-00001.jsonl.gz").unlink()  # a lost part redoes its stage and the rest
+    again = prepare.run(cfg, str(out))
+    assert [s["resumed"] for s in again["stages"]] == [True] * 4 + [False] * 4
+    assert again["shards"] == {**first["shards"], "written": 0, "skipped": first["shards"]["written"]}

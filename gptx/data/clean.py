@@ -157,7 +157,12 @@ def dup_ngram_frac(words: ngrams.Words, n: int) -> np.ndarray:
 
 
 def filter_reasons(texts: Sequence[str], cfg: FilterConfig) -> list[str | None]:
-    """For each document, the first filter it fails ("too_few_words", ...) or None when it passes."""
+    """For each document, the first filter it fails ("too_few_words", ...) or None when it passes. Documents
+    are checked ~1 MB of text at a time (`ngrams.batches`), so memory does not grow with the input."""
+    return [why for batch in ngrams.batches(texts) for why in _filter_batch(batch, cfg)]
+
+
+def _filter_batch(texts: Sequence[str], cfg: FilterConfig) -> list[str | None]:
     if not texts:
         return []
     s = text_stats(texts, cfg.dup_ngram)

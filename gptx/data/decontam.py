@@ -27,8 +27,6 @@ import numpy as np
 from gptx.data import ngrams
 from gptx.data.readers import _open_bytes, file_format, resolve_path
 
-_DOCS_PER_SCAN = 20_000  # documents whose N-grams are looked up at once
-
 
 @dataclasses.dataclass(frozen=True)
 class DecontamConfig:
@@ -141,8 +139,9 @@ class Hit:
 def find_hits(texts: Sequence[str], ev: EvalNgrams) -> list[Hit]:
     """Every occurrence of an evaluation N-gram in the texts."""
     hits: list[Hit] = []
-    for lo in range(0, len(texts), _DOCS_PER_SCAN):
-        w = ngrams.words(texts[lo : lo + _DOCS_PER_SCAN])
+    lo = 0
+    for batch in ngrams.batches(texts):  # ~1 MB of text at a time
+        w = ngrams.words(batch)
         for n, (table, task) in ev.by_n.items():
             grams = ngrams.ngrams(w, n, short="drop")
             at = np.minimum(np.searchsorted(table, grams.hashes), max(len(table) - 1, 0))
@@ -151,6 +150,7 @@ def find_hits(texts: Sequence[str], ev: EvalNgrams) -> list[Hit]:
             starts = grams.starts[found] - w.offsets[docs]
             for i, d, s in zip(found, docs, starts, strict=True):
                 hits.append(Hit(int(d) + lo, int(s), n, int(task[at[i]]), int(grams.hashes[i])))
+        lo += len(batch)
     return hits
 
 
@@ -183,6 +183,83 @@ class DecontamResult:
     report: dict
 
 
+def frequent_ngrams(docs_per_ngram: dict[int, int], max_doc_freq: int) -> set[int]:
+    """The N-grams found in more than `max_doc_freq` training documents (none when it is 0)."""
+    return {g for g, n in docs_per_ngram.items() if max_doc_freq and n > max_doc_freq}
+
+
+def clean_document(r: dict, doc_hits: list[Hit], cfg: DecontamConfig) -> tuple[list[dict], list[tuple[int, str]]]:
+    """One contaminated record {"id", "source", "text"} without its evaluation N-grams: ([] when dropped, or
+    the pieces "ID#pieceK" of `split` mode), and each hit's (task, matched text)."""
+    spans = char_spans(r["text"], doc_hits)
+    matches = [(h.task, r["text"][s:e]) for h, (s, e) in zip(doc_hits, spans, strict=True)]
+    pieces = None if cfg.mode == "drop" else cut(r["text"], spans, cfg)
+    return [{**r, "id": f"{r['id']}#piece{k}", "text": p} for k, p in enumerate(pieces or [])], matches
+
+
+@dataclasses.dataclass
+class Tally:
+    """What decontamination found, added document by document (in any order, `key` restores it) and mergeable,
+    so a distributed run reports the same as a local one."""
+
+    n_tasks: int
+    max_examples: int = 10
+    docs_contaminated: int = 0
+    docs_dropped: int = 0
+    docs_split: int = 0
+    pieces_kept: int = 0
+    docs_hit: list[int] = dataclasses.field(default_factory=list)
+    ngrams_matched: list[int] = dataclasses.field(default_factory=list)
+    matches: list[list[tuple]] = dataclasses.field(default_factory=list)  # per task: (key, k, match dict)
+
+    def __post_init__(self):
+        self.docs_hit = self.docs_hit or [0] * self.n_tasks
+        self.ngrams_matched = self.ngrams_matched or [0] * self.n_tasks
+        self.matches = self.matches or [[] for _ in range(self.n_tasks)]
+
+    def add(self, key, r: dict, matches: list[tuple[int, str]], pieces: list[dict]) -> None:
+        """One contaminated document (`key` orders documents), its matches and the pieces kept of it."""
+        self.docs_contaminated += 1
+        self.docs_dropped += not pieces
+        self.docs_split += bool(pieces)
+        self.pieces_kept += len(pieces)
+        for t in {t for t, _ in matches}:
+            self.docs_hit[t] += 1
+        for k, (t, text) in enumerate(matches):
+            self.ngrams_matched[t] += 1
+            self.matches[t].append((key, k, {"id": r["id"], "source": r["source"], "match": text}))
+        self._trim()
+
+    def merge(self, other: Tally) -> Tally:
+        for f in ("docs_contaminated", "docs_dropped", "docs_split", "pieces_kept"):
+            setattr(self, f, getattr(self, f) + getattr(other, f))
+        for t in range(self.n_tasks):
+            self.docs_hit[t] += other.docs_hit[t]
+            self.ngrams_matched[t] += other.ngrams_matched[t]
+            self.matches[t].extend(other.matches[t])
+        self._trim()
+        return self
+
+    def _trim(self) -> None:
+        self.matches = [sorted(m, key=lambda x: (x[0], x[1]))[: self.max_examples] for m in self.matches]
+
+    def report(self, ev: EvalNgrams, cfg: DecontamConfig, docs_in: int, frequent: int) -> dict:
+        per_task = [
+            {"docs_hit": self.docs_hit[t], "ngrams_matched": self.ngrams_matched[t], "matches": [m[2] for m in ms]}
+            for t, ms in enumerate(self.matches)
+        ]
+        return {
+            "mode": cfg.mode,
+            "docs_in": docs_in,
+            "docs_contaminated": self.docs_contaminated,
+            "docs_dropped": self.docs_dropped,
+            "docs_split": self.docs_split,
+            "pieces_kept": self.pieces_kept,
+            "frequent_ngrams_ignored": frequent,
+            "tasks": [{**t, **p} for t, p in zip(ev.tasks, per_task, strict=True)],
+        }
+
+
 def decontaminate(records: list[dict], ev: EvalNgrams, cfg: DecontamConfig, max_examples: int = 10) -> DecontamResult:
     """Drops or splits the records {"id", "source", "text"} that contain evaluation N-grams; a report of what
     matched (per task: documents hit, the N-grams that matched) comes with the result."""
@@ -192,44 +269,21 @@ def decontaminate(records: list[dict], ev: EvalNgrams, cfg: DecontamConfig, max_
     docs_per_ngram: dict[int, set[int]] = collections.defaultdict(set)
     for h in hits:
         docs_per_ngram[h.ngram].add(h.doc)
-    frequent = {g for g, ds in docs_per_ngram.items() if cfg.max_doc_freq and len(ds) > cfg.max_doc_freq}
+    frequent = frequent_ngrams({g: len(ds) for g, ds in docs_per_ngram.items()}, cfg.max_doc_freq)
     by_doc: dict[int, list[Hit]] = collections.defaultdict(list)
     for h in hits:
         if h.ngram not in frequent:
             by_doc[h.doc].append(h)
     out: list[dict] = []
-    per_task = [{"docs_hit": 0, "ngrams_matched": 0, "matches": []} for _ in ev.tasks]
-    dropped = split = pieces_out = 0
+    tally = Tally(len(ev.tasks), max_examples)
     for i, r in enumerate(records):
-        doc_hits = by_doc.get(i)
-        if not doc_hits:
+        if i not in by_doc:
             out.append(r)
             continue
-        spans = char_spans(r["text"], doc_hits)
-        for t in sorted({h.task for h in doc_hits}):
-            per_task[t]["docs_hit"] += 1
-        for h, (s, e) in zip(doc_hits, spans, strict=True):
-            per_task[h.task]["ngrams_matched"] += 1
-            if len(per_task[h.task]["matches"]) < max_examples:
-                per_task[h.task]["matches"].append({"id": r["id"], "source": r["source"], "match": r["text"][s:e]})
-        pieces = None if cfg.mode == "drop" else cut(r["text"], spans, cfg)
-        if not pieces:
-            dropped += 1
-            continue
-        split += 1
-        pieces_out += len(pieces)
-        out.extend({**r, "id": f"{r['id']}#piece{k}", "text": p} for k, p in enumerate(pieces))
-    report = {
-        "mode": cfg.mode,
-        "docs_in": len(records),
-        "docs_contaminated": len(by_doc),
-        "docs_dropped": dropped,
-        "docs_split": split,
-        "pieces_kept": pieces_out,
-        "frequent_ngrams_ignored": len(frequent),
-        "tasks": [{**t, **p} for t, p in zip(ev.tasks, per_task, strict=True)],
-    }
-    return DecontamResult(out, report)
+        pieces, matches = clean_document(r, by_doc[i], cfg)
+        tally.add(i, r, matches, pieces)
+        out.extend(pieces)
+    return DecontamResult(out, tally.report(ev, cfg, len(records), len(frequent)))
 
 
 class Decontaminate(grain.experimental.FlatMapTransform):

@@ -3,9 +3,10 @@
 Fuzzy dedup: each document becomes the set of its word n-gram shingles (gptx.data.ngrams); MinHash turns a set
 into `num_perm` minima of random hash functions, so that two signatures agree in one position with probability
 equal to the sets' Jaccard similarity; LSH cuts the signature into `bands` of `rows` and calls two documents
-candidates when any band is identical, which happens with probability 1 - (1 - J^rows)^bands. Candidates are
-joined with union-find (optionally only after their exact Jaccard similarity passes the threshold) and one
-document per cluster is kept. GPT-3 used Spark's MinHashLSH with 10 hashes: `num_perm=10, bands=10, rows=1`.
+candidates when any band is identical, which happens with probability 1 - (1 - J^rows)^bands. Clusters are the
+connected components of the candidate pairs (optionally only those whose exact Jaccard similarity passes the
+threshold), found with union-find, and one document per cluster, the smallest index, is kept. GPT-3 used
+Spark's MinHashLSH with 10 hashes: `num_perm=10, bands=10, rows=1`.
 
 The hash functions are h_i(x) = (a_i x + b_i) mod 2^32 with odd a_i over the upper 32 bits x of each shingle's
 64-bit hash: affine bijections of 32-bit integers. The shingle hashes are already uniformly random, so the
@@ -135,10 +136,14 @@ def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
 
 def buckets(sig: np.ndarray, bands: int, rows: int, valid: np.ndarray | None = None) -> list[np.ndarray]:
     """The LSH buckets with at least two documents: arrays of document indices (ascending), band by band."""
-    keys = band_keys(sig, bands, rows)
-    ids = np.arange(sig.shape[0]) if valid is None else np.flatnonzero(valid)
+    return key_buckets(band_keys(sig, bands, rows), valid)
+
+
+def key_buckets(keys: np.ndarray, valid: np.ndarray | None = None) -> list[np.ndarray]:
+    """`buckets` from the band keys [D, bands] (`band_keys`) of the documents."""
+    ids = np.arange(keys.shape[0]) if valid is None else np.flatnonzero(valid)
     out = []
-    for band in range(bands):
+    for band in range(keys.shape[1]):
         k = keys[ids, band]
         order = np.argsort(k, kind="stable")
         ks, members = k[order], ids[order]
@@ -191,6 +196,24 @@ class UnionFind:
         return [g for g in out.values() if len(g) > 1]
 
 
+def shingle_set(hashes: np.ndarray) -> np.ndarray:
+    """The sorted unique shingle hashes of one document."""
+    a = np.sort(hashes)
+    return a[np.concatenate([[True], a[1:] != a[:-1]])] if len(a) else a
+
+
+def jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """Jaccard similarity of two sorted unique shingle sets (0 when either is empty)."""
+    if len(a) > len(b):
+        a, b = b, a
+    if not len(a):
+        return 0.0
+    at = np.minimum(np.searchsorted(b, a), len(b) - 1)  # both sorted: look the smaller set up in the larger
+    inter = int(np.count_nonzero(b[at] == a))
+    union = len(a) + len(b) - inter
+    return inter / union if union else 0.0
+
+
 class ShingleSets:
     """Sorted unique shingles of each document, computed on first use (for exact Jaccard checks)."""
 
@@ -200,20 +223,11 @@ class ShingleSets:
 
     def __getitem__(self, i: int) -> np.ndarray:
         if i not in self.cache:
-            a = np.sort(self.s.hashes[self.s.offsets[i] : self.s.offsets[i + 1]])
-            self.cache[i] = a[np.concatenate([[True], a[1:] != a[:-1]])] if len(a) else a
+            self.cache[i] = shingle_set(self.s.hashes[self.s.offsets[i] : self.s.offsets[i + 1]])
         return self.cache[i]
 
     def jaccard(self, i: int, j: int) -> float:
-        a, b = self[i], self[j]
-        if len(a) > len(b):
-            a, b = b, a
-        if not len(a):
-            return 0.0
-        at = np.minimum(np.searchsorted(b, a), len(b) - 1)  # both sorted: look the smaller set up in the larger
-        inter = int(np.count_nonzero(b[at] == a))
-        union = len(a) + len(b) - inter
-        return inter / union if union else 0.0
+        return jaccard(self[i], self[j])
 
 
 @dataclasses.dataclass
@@ -233,43 +247,72 @@ class FuzzyResult:
         return keep
 
 
+_CACHED_SETS = 4096  # shingle sets `TextShingleSets` keeps
+
+
+class TextShingleSets(ShingleSets):
+    """Shingle sets computed from the texts on first use (a bounded cache): the corpus is held as band keys."""
+
+    def __init__(self, texts: Sequence[str], ngram: int):
+        self.texts, self.ngram = texts, ngram
+        self.cache = {}
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if i not in self.cache:
+            if len(self.cache) >= _CACHED_SETS:  # bounded: recomputing a set is cheaper than holding them all
+                self.cache.clear()
+            self.cache[i] = shingle_set(ngrams.ngrams(ngrams.words([self.texts[i]]), self.ngram, short="whole").hashes)
+        return self.cache[i]
+
+
 def near_duplicates(texts: Sequence[str], cfg: DedupConfig) -> FuzzyResult:
-    """MinHash-LSH clusters of `texts` (see the module docstring)."""
-    shingles = ngrams.ngrams(ngrams.words(texts), cfg.ngram, short="whole")
-    return cluster(shingles, cfg)
+    """MinHash-LSH clusters of `texts` (see the module docstring), hashed ~1 MB at a time: the whole corpus is
+    held as LSH band keys [D, bands] uint64, and shingle sets only of the documents that meet in a bucket."""
+    bands, rows = cfg.lsh_shape()
+    keys, valid = [np.zeros((0, bands), np.uint64)], [np.zeros(0, bool)]
+    for batch in ngrams.batches(texts):
+        shingles = ngrams.ngrams(ngrams.words(batch), cfg.ngram, short="whole")
+        keys.append(band_keys(signatures(shingles, cfg.num_perm, cfg.seed), bands, rows))
+        valid.append(np.diff(shingles.offsets) > 0)
+    return cluster_keys(np.concatenate(keys), np.concatenate(valid), TextShingleSets(texts, cfg.ngram), cfg)
 
 
 def cluster(shingles: ngrams.Ngrams, cfg: DedupConfig) -> FuzzyResult:
-    """Union-find over LSH buckets of precomputed shingles.
+    """`cluster_keys` of precomputed shingles."""
+    keys = band_keys(signatures(shingles, cfg.num_perm, cfg.seed), *cfg.lsh_shape())
+    return cluster_keys(keys, np.diff(shingles.offsets) > 0, ShingleSets(shingles), cfg)
 
-    Without verification every bucket is merged. With it, a document joins a bucket-mate's cluster only when
-    their shingle sets have Jaccard >= threshold; pairs already in one cluster are not checked again, so most
-    of the repeated bucket hits across bands cost nothing.
+
+def cluster_keys(keys: np.ndarray, valid: np.ndarray, sets: ShingleSets, cfg: DedupConfig) -> FuzzyResult:
+    """Clusters of near-duplicates: the connected components of the graph whose edges are the LSH candidate
+    pairs (with `verify`, only those whose shingle sets have Jaccard >= threshold).
+
+    `valid` marks the documents with words (the others would all share the empty signature). The answer does not
+    depend on the order in which pairs are met, so the distributed runner (gptx.data.beam), which builds the
+    same graph, finds the same clusters. A pair whose documents are already in one cluster is not checked (its
+    edge would change nothing), nor is a pair checked twice, so most repeated bucket hits across bands cost
+    nothing.
     """
     bands, rows = cfg.lsh_shape()
-    sig = signatures(shingles, cfg.num_perm, cfg.seed)
-    valid = np.diff(shingles.offsets) > 0  # documents without words would all share the empty signature
-    n = len(shingles.offsets) - 1
-    uf = UnionFind(n)
-    sets = ShingleSets(shingles)
+    uf = UnionFind(keys.shape[0])
     result = FuzzyResult([], bands, rows)
-    for group in buckets(sig, bands, rows, valid):
+    rejected: set[tuple[int, int]] = set()
+    for group in key_buckets(keys, valid):
+        members = group.tolist()
         if not cfg.verify:
-            for j in group[1:]:
-                uf.union(int(group[0]), int(j))
+            for j in members[1:]:
+                uf.union(members[0], j)
             continue
-        reps: list[int] = []  # one representative per cluster met in this bucket
-        for x in map(int, group):
-            for r in reps:
-                if uf.find(r) == uf.find(x):
-                    break
+        for k, x in enumerate(members):
+            for y in members[k + 1 :]:
+                if (x, y) in rejected or uf.find(x) == uf.find(y):
+                    continue
                 result.checked += 1
-                if sets.jaccard(r, x) >= cfg.threshold:
-                    uf.union(r, x)
-                    break
-                result.rejected += 1
-            else:
-                reps.append(x)
+                if sets.jaccard(x, y) >= cfg.threshold:
+                    uf.union(x, y)
+                else:
+                    result.rejected += 1
+                    rejected.add((x, y))
     result.clusters = uf.groups()
     return result
 

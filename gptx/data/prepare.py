@@ -3,12 +3,15 @@
     read -> normalize -> filter -> exact_dedup -> fuzzy_dedup -> quality -> decontam -> mix -> shards
 
 Every stage is a function from a list of records {"id", "source", "text"} to a list of records plus the details
-it reports. The runner counts documents and bytes in and out of each stage per source, saves each stage's output
-under OUTPUT/stages/ with a fingerprint of everything that determines it (settings of this and all earlier
-stages, sizes and times of the input files), and on a rerun resumes after the last stage whose fingerprint
-still matches. Shards are written one by one and recorded as done, so an interrupted run does not rewrite
-finished shards. Deduplication runs over all sources together and keeps the copy from the earliest source in
-config order, so list curated sources first (GPT-3 also removed WebText's documents from Common Crawl).
+it reports; the heavy ones work ~1 MB of text at a time and the dedup stages hold hashes and signatures, so
+memory stays a small multiple of the text. The runner counts documents and bytes in and out of each stage per
+source, saves each stage's output under OUTPUT/stages/ in parts of STAGE_PART_DOCS records with a fingerprint
+of everything that determines it (settings of this and all earlier stages, sizes and times of the input
+files), and on a rerun resumes after the last stage whose fingerprint still matches. Shards are written one by
+one and recorded as done, so an interrupted run does not rewrite finished shards. Deduplication runs over all
+sources together and keeps the copy from the earliest source in config order, so list curated sources first
+(GPT-3 also removed WebText's documents from Common Crawl). `config.data_prep.runner=beam` runs the same
+stages on Apache Beam (gptx.data.beam) with the same answer.
 The result: OUTPUT/train-*.array_record, val-*.array_record, report.json, summary.md and quality_model.npz;
 train on it with --config.data.corpus=OUTPUT.
 """
@@ -19,8 +22,8 @@ import collections
 import dataclasses
 import gzip
 import hashlib
+import io
 import json
-import os
 import time
 from collections.abc import Callable
 
@@ -29,77 +32,17 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
+from gptx import fs
 from gptx.config import ConfigError
 from gptx.data import clean, decontam, dedup, mix, quality, readers, records, summary
+from gptx.data.prepare_plan import STAGES, Context, snippet, stage_row, tally, validate_data_prep
 from gptx.train import logs
 
-STAGES = ("read", "normalize", "filter", "exact_dedup", "fuzzy_dedup", "quality", "decontam", "mix")
-SNIPPET = 120  # characters of a document shown in the report
-
-
-@dataclasses.dataclass
-class Context:
-    """What every stage can see: the data_prep config, its sources, the output directory."""
-
-    cfg: ml_collections.ConfigDict
-    sources: list[readers.Source]
-    out: str
-
-    def source(self, name: str) -> readers.Source:
-        return next(s for s in self.sources if s.name == name)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Config
-
-
-def validate_data_prep(cfg: ml_collections.ConfigDict) -> list[readers.Source]:
-    """The sources of config.data_prep, after checking every setting; errors name the key."""
-    p = cfg.data_prep
-    if not p.sources:
-        raise ConfigError("config.data_prep.sources is empty: name at least one source (see configs/data.py)")
-    sources = [readers.Source.from_dict(d, f"config.data_prep.sources[{i}]") for i, d in enumerate(p.sources)]
-    names = [s.name for s in sources]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"config.data_prep.sources: duplicate names in {names}")
-    checks = [
-        (p.on_bad_utf8 in ("repair", "skip"), "on_bad_utf8 must be repair or skip"),
-        (0.0 <= p.val_fraction < 1.0, "val_fraction must be in [0, 1)"),
-        (p.shard_docs > 0, "shard_docs must be positive"),
-        (0.0 <= p.clean.max_bad_char_ratio <= 1.0, "clean.max_bad_char_ratio must be in [0, 1]"),
-        (0.0 < p.dedup.threshold <= 1.0, "dedup.threshold must be in (0, 1]"),
-        (p.dedup.num_perm > 0 and p.dedup.ngram > 0, "dedup.num_perm and dedup.ngram must be positive"),
-        (p.dedup.bands * p.dedup.rows <= p.dedup.num_perm, "dedup.bands * dedup.rows must be <= dedup.num_perm"),
-        ((p.dedup.bands > 0) == (p.dedup.rows > 0), "dedup.bands and dedup.rows are set together (or both 0)"),
-        (0.0 <= p.dedup.fn_weight <= 1.0, "dedup.fn_weight must be in [0, 1]"),
-        (8 <= p.quality.hash_bits <= 26, "quality.hash_bits must be in [8, 26]"),
-        (p.quality.pareto_alpha > 0, "quality.pareto_alpha must be positive"),
-        (0.0 <= p.quality.heldout_fraction < 1.0, "quality.heldout_fraction must be in [0, 1)"),
-        (p.decontam.mode in ("split", "drop"), "decontam.mode must be split or drop"),
-        (0 < p.decontam.min_ngram <= p.decontam.ngram, "decontam.min_ngram must be in [1, decontam.ngram]"),
-        (p.mix.total_bytes >= 0 and p.mix.max_epochs >= 0, "mix.total_bytes and mix.max_epochs must be >= 0"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(f"config.data_prep.{message}")
-    roles = {s.role for s in sources}
-    if p.quality.enabled and "raw" in roles and "curated" not in roles:
-        raise ConfigError(
-            "config.data_prep.quality.enabled needs a source with role 'curated' to train the classifier "
-            "against the 'raw' ones (or set config.data_prep.quality.enabled=False)"
-        )
-    if not any(s.weight > 0 for s in sources):
-        raise ConfigError("config.data_prep.sources: every weight is 0, nothing would be mixed")
-    return sources
+STAGE_PART_DOCS = 50_000  # records per file of a stage's saved output
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Stages: (records, ctx) -> (records, details)
-
-
-def _snippet(r: dict) -> dict:
-    text = r["text"].replace("\n", " ")
-    return {"id": r["id"], "source": r["source"], "text": text[:SNIPPET] + ("…" if len(text) > SNIPPET else "")}
 
 
 def stage_read(_: list[dict], ctx: Context) -> tuple[list[dict], dict]:
@@ -120,10 +63,13 @@ def stage_read(_: list[dict], ctx: Context) -> tuple[list[dict], dict]:
 def stage_normalize(recs: list[dict], ctx: Context) -> tuple[list[dict], dict]:
     if not ctx.cfg.clean.normalize:
         return recs, {"skipped": "config.data_prep.clean.normalize is False"}
-    out = [{**r, "text": clean.normalize(r["text"])} for r in recs]
-    kept = [r for r in out if r["text"]]
-    changed = sum(a["text"] != b["text"] for a, b in zip(recs, out, strict=True))
-    return kept, {"changed": changed, "empty_after_normalize": len(out) - len(kept)}
+    changed = 0
+    for r in recs:  # in place: the runner hands each stage records it no longer needs, so no second copy
+        text = clean.normalize(r["text"])
+        changed += text != r["text"]
+        r["text"] = text
+    kept = [r for r in recs if r["text"]]
+    return kept, {"changed": changed, "empty_after_normalize": len(recs) - len(kept)}
 
 
 def stage_filter(recs: list[dict], ctx: Context) -> tuple[list[dict], dict]:
@@ -137,7 +83,7 @@ def stage_filter(recs: list[dict], ctx: Context) -> tuple[list[dict], dict]:
     for r, why in zip(recs, reasons, strict=True):
         if why:
             counts[r["source"]][why] += 1
-            examples.setdefault(why, _snippet(r))
+            examples.setdefault(why, snippet(r))
     kept = [r for r, why in zip(recs, reasons, strict=True) if why is None]
     return kept, {"reasons": {s: dict(c) for s, c in counts.items()}, "examples": examples}
 
@@ -148,7 +94,7 @@ def _cluster_report(recs: list[dict], clusters: list[list[int]], top: int = 5) -
         "clusters": len(clusters),
         "docs_removed": sum(len(c) - 1 for c in clusters),
         "cross_source_clusters": sum(len({recs[i]["source"] for i in c}) > 1 for c in clusters),
-        "examples": [{"size": len(c), "members": [_snippet(recs[i]) for i in c[:3]]} for c in largest],
+        "examples": [{"size": len(c), "members": [snippet(recs[i]) for i in c[:3]]} for c in largest],
     }
 
 
@@ -188,9 +134,13 @@ def stage_quality(recs: list[dict], ctx: Context) -> tuple[list[dict], dict]:
     if not qc.enabled or not raw:
         why = "config.data_prep.quality.enabled is False" if not qc.enabled else "no source has role 'raw'"
         return recs, {"skipped": why}
-    curated = [recs[i]["text"] for i, r in enumerate(recs) if role[r["source"]] == "curated"]
-    model, metrics = quality.train(curated, [recs[i]["text"] for i in raw], qc)
-    model.save(os.path.join(ctx.out, "quality_model.npz"))
+    curated = [r["text"] for r in recs if role[r["source"]] == "curated"]
+    negatives = [recs[i]["text"] for i in raw]
+    pos = training_texts(curated, qc)
+    model, metrics = quality.train(pos, training_texts(negatives, qc), qc)
+    saved = io.BytesIO()
+    model.save(saved)
+    fs.write_atomic(fs.join(ctx.out, "quality_model.npz"), saved.getvalue())
     texts = [recs[i]["text"] for i in raw]
     scores = model.score(texts)
     keep = quality.pareto_keep(texts, scores, qc.pareto_alpha, qc.seed)
@@ -208,10 +158,17 @@ def stage_quality(recs: list[dict], ctx: Context) -> tuple[list[dict], dict]:
         "classifier": metrics,
         "pareto_alpha": qc.pareto_alpha,
         "raw_sources": dict(per_source),
-        "lowest_scored": [{**_snippet(recs[raw[i]]), "score": float(scores[i])} for i in order[:3]],
-        "highest_scored": [{**_snippet(recs[raw[i]]), "score": float(scores[i])} for i in order[::-1][:3]],
+        "lowest_scored": [{**snippet(recs[raw[i]]), "score": float(scores[i])} for i in order[:3]],
+        "highest_scored": [{**snippet(recs[raw[i]]), "score": float(scores[i])} for i in order[::-1][:3]],
     }
     return [r for i, r in enumerate(recs) if i not in drop], details
+
+
+def training_texts(texts: list[str], qc: quality.QualityConfig) -> list[str]:
+    """The classifier's training sample of one class (`quality.training_sample`), in corpus order."""
+    sizes = [len(t.encode("utf-8", "surrogatepass")) for t in texts]
+    keys = quality.sample_keys(texts, qc.seed)
+    return [texts[i] for i in quality.training_sample(keys, sizes, qc.max_train_docs, qc.max_train_bytes)]
 
 
 def stage_decontam(recs: list[dict], ctx: Context) -> tuple[list[dict], dict]:
@@ -253,8 +210,7 @@ STAGE_FNS: dict[str, Callable[[list[dict], Context], tuple[list[dict], dict]]] =
 
 
 def _file_stamp(path: str) -> list:
-    st = os.stat(path)
-    return [path, st.st_size, int(st.st_mtime)]
+    return [path, *fs.stamp(path)]
 
 
 def stage_settings(ctx: Context, name: str) -> dict:
@@ -287,17 +243,29 @@ def _fingerprint(previous: str, settings: dict) -> str:
 
 
 def _paths(ctx: Context, k: int, name: str) -> tuple[str, str]:
-    base = os.path.join(ctx.out, "stages", f"{k:02d}_{name}")
-    return base + ".jsonl.gz", base + ".json"
+    """(the prefix of a stage's output parts, its marker file)."""
+    base = fs.join(ctx.out, "stages", f"{k:02d}_{name}")
+    return base, base + ".json"
+
+
+def _part(prefix: str, i: int) -> str:
+    return f"{prefix}-part-{i:05d}.jsonl.gz"
 
 
 def _save_stage(ctx: Context, k: int, name: str, recs: list[dict], marker: dict) -> None:
-    data, meta = _paths(ctx, k, name)
-    for path, write in ((data, lambda f: _write_jsonl(f, recs)), (meta, lambda f: f.write(json.dumps(marker)))):
-        tmp = f"{path}.tmp{os.getpid()}"
-        with gzip.open(tmp, "wt", compresslevel=1, encoding="utf-8") if path.endswith(".gz") else open(tmp, "w") as f:
-            write(f)
-        os.replace(tmp, path)
+    """The stage's records in parts of STAGE_PART_DOCS, then its marker (last: a marker names complete parts)."""
+    prefix, meta = _paths(ctx, k, name)
+    n_parts = max(1, -(-len(recs) // STAGE_PART_DOCS))
+    for i in range(n_parts):
+        with fs.local_output(_part(prefix, i)) as tmp, _open_text(tmp, compress=True) as f:
+            _write_jsonl(f, recs[i * STAGE_PART_DOCS : (i + 1) * STAGE_PART_DOCS])
+    with fs.local_output(meta) as tmp, _open_text(tmp) as f:
+        f.write(json.dumps({**marker, "parts": n_parts}))
+
+
+def _open_text(path: str, compress: bool = False):
+    """A local text file for writing, gzip-compressed (level 1) with `compress`."""
+    return gzip.open(path, "wt", compresslevel=1, encoding="utf-8") if compress else open(path, "w")
 
 
 def _write_jsonl(f, recs: list[dict]) -> None:
@@ -306,40 +274,22 @@ def _write_jsonl(f, recs: list[dict]) -> None:
 
 
 def _load_stage(ctx: Context, k: int, name: str) -> list[dict]:
-    with gzip.open(_paths(ctx, k, name)[0], "rt", encoding="utf-8") as f:
-        return [json.loads(line) for line in f]
+    prefix, _ = _paths(ctx, k, name)
+    recs = []
+    for i in range(_marker(ctx, k, name)["parts"]):
+        with fs.open_file(_part(prefix, i), "rb") as raw, gzip.open(raw, "rt", encoding="utf-8") as f:
+            recs.extend(json.loads(line) for line in f)
+    return recs
 
 
 def _marker(ctx: Context, k: int, name: str) -> dict | None:
-    data, meta = _paths(ctx, k, name)
-    if not (os.path.exists(data) and os.path.exists(meta)):
+    prefix, meta = _paths(ctx, k, name)
+    if not fs.exists(meta):
         return None
-    with open(meta) as f:
-        return json.load(f)
-
-
-def _tally(recs: list[dict]) -> dict[str, list[int]]:
-    out: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
-    for r in recs:
-        row = out[r["source"]]
-        row[0] += 1
-        row[1] += len(r["text"].encode("utf-8", "surrogatepass"))
-    return out
-
-
-def _stage_row(name: str, before: dict, after: dict, seconds: float, details: dict) -> dict:
-    sources = list(dict.fromkeys([*before, *after]))
-    per_source = {
-        s: {
-            "docs_in": before.get(s, [0, 0])[0],
-            "docs_out": after.get(s, [0, 0])[0],
-            "bytes_in": before.get(s, [0, 0])[1],
-            "bytes_out": after.get(s, [0, 0])[1],
-        }
-        for s in sources
-    }
-    totals = {k: sum(v[k] for v in per_source.values()) for k in ("docs_in", "docs_out", "bytes_in", "bytes_out")}
-    return {"stage": name, **totals, "seconds": round(seconds, 3), "per_source": per_source, "details": details}
+    marker = json.loads(fs.read_text(meta))
+    if not all(fs.exists(_part(prefix, i)) for i in range(marker.get("parts", -1))):
+        return None  # a part is gone (or a marker of the one-file layout): the stage is redone
+    return marker if "parts" in marker else None
 
 
 def run_stages(ctx: Context, progress: tqdm | None = None) -> tuple[list[dict], list[dict], str]:
@@ -362,9 +312,9 @@ def run_stages(ctx: Context, progress: tqdm | None = None) -> tuple[list[dict], 
         if k <= done:
             rows.append({**_marker(ctx, k, name)["row"], "resumed": True})
         else:
-            before, t0 = _tally(recs), time.perf_counter()
+            before, t0 = tally(recs), time.perf_counter()
             recs, details = STAGE_FNS[name](recs, ctx)
-            row = _stage_row(name, before, _tally(recs), time.perf_counter() - t0, details)
+            row = stage_row(name, before, tally(recs), time.perf_counter() - t0, details)
             _save_stage(ctx, k, name, recs, {"fingerprint": fps[k], "row": row})
             rows.append({**row, "resumed": False})
         if progress is not None:
@@ -385,11 +335,10 @@ def _progress_line(row: dict) -> str:
 def write_shards(ctx: Context, recs: list[dict], fingerprint: str, progress: tqdm | None = None) -> dict:
     """Writes train/val shards of `shard_docs` records; shards recorded as done for this fingerprint are kept."""
     fp = _fingerprint(fingerprint, {"shard_docs": ctx.cfg.shard_docs})
-    manifest_path = os.path.join(ctx.out, "stages", "shards.json")
+    manifest_path = fs.join(ctx.out, "stages", "shards.json")
     manifest = {"fingerprint": fp, "done": []}
-    if os.path.exists(manifest_path):
-        with open(manifest_path) as f:
-            old = json.load(f)
+    if fs.exists(manifest_path):
+        old = json.loads(fs.read_text(manifest_path))
         if old.get("fingerprint") == fp:
             manifest = old
     done = set(manifest["done"])
@@ -404,21 +353,18 @@ def write_shards(ctx: Context, recs: list[dict], fingerprint: str, progress: tqd
     wanted = {name for name, _ in plan}
     for split in records.SPLITS:  # shards of an earlier, different run would mix into this corpus
         for path in records.shard_files(ctx.out, split):
-            if os.path.basename(path) not in wanted or os.path.basename(path) not in done:
-                os.remove(path)
+            if fs.basename(path) not in wanted or fs.basename(path) not in done:
+                fs.remove(path)
     written = skipped = 0
     for name, rs in plan:
-        path = os.path.join(ctx.out, name)
-        if name in done and os.path.exists(path):
+        path = fs.join(ctx.out, name)
+        if name in done and fs.exists(path):
             skipped += 1
             continue
         records.write_shard(path, rs)
         manifest["done"] = sorted(done | {name})
         done.add(name)
-        tmp = f"{manifest_path}.tmp{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(manifest, f)
-        os.replace(tmp, manifest_path)
+        fs.write_atomic(manifest_path, json.dumps(manifest))
         written += 1
     if progress is not None:
         progress.update(1)
@@ -436,9 +382,18 @@ def write_shards(ctx: Context, recs: list[dict], fingerprint: str, progress: tqd
 def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     """`gptx.main prepare`: runs or resumes the stages of config.data_prep; returns the report (also written
     to OUTPUT/report.json, with a readable OUTPUT/summary.md)."""
+    if cfg.data_prep.get("runner", "local") == "beam":
+        validate_data_prep(cfg)
+        try:
+            from gptx.data.beam import pipeline
+        except ImportError as e:
+            raise ConfigError(
+                f"config.data_prep.runner=beam needs Apache Beam ({e}): pip install -e '.[beam]'"
+            ) from None
+        return pipeline.run(cfg, workdir)
     sources = validate_data_prep(cfg)
     out = cfg.data_prep.output_dir or workdir
-    os.makedirs(os.path.join(out, "stages"), exist_ok=True)
+    fs.makedirs(fs.join(out, "stages"))
     ctx = Context(cfg.data_prep, sources, out)
     t0 = time.perf_counter()
     with tqdm(total=len(STAGES) + 1, disable=not cfg.data_prep.progress, dynamic_ncols=True) as bar:
@@ -448,13 +403,13 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     for warning in summary.warnings(rows):  # a resumed read stage repeats its warnings
         logging.warning("prepare: %s", warning)
     report = {
-        "output_dir": os.path.abspath(out),
+        "output_dir": fs.absolute(out),
+        "runner": "local",
         "seconds": round(time.perf_counter() - t0, 2),
         "stages": rows,
         "shards": shards,
         "config": cfg.data_prep.to_dict(),
     }
-    logs.write_json(os.path.join(out, "report.json"), report)
-    with open(os.path.join(out, "summary.md"), "w") as f:
-        f.write(summary.markdown(report))
+    logs.write_json(fs.join(out, "report.json"), report)
+    fs.write_atomic(fs.join(out, "summary.md"), summary.markdown(report))
     return report

@@ -41,6 +41,8 @@ class QualityConfig:
     heldout_fraction: float = 0.2
     pareto_alpha: float = 9.0
     seed: int = 0
+    max_train_docs: int = 50_000  # per class; 0: all
+    max_train_bytes: int = 50_000_000  # per class; 0: no limit
 
     @classmethod
     def from_config(cls, c) -> QualityConfig:
@@ -48,7 +50,17 @@ class QualityConfig:
 
 
 def features(texts: Sequence[str], hash_bits: int) -> sp.csr_matrix:
-    """[D, 2^hash_bits] float32 sparse rows: hashed unigram + bigram counts, log1p, L2-normalised."""
+    """[D, 2^hash_bits] float32 sparse rows: hashed unigram + bigram counts, log1p, L2-normalised. Built ~1 MB of
+    text at a time (each row depends on its document alone), so the temporaries do not grow with the input."""
+    parts = [_features(b, hash_bits) for b in ngrams.batches(texts)]
+    if len(parts) == 1:
+        return parts[0]
+    if not parts:
+        return sp.csr_matrix((0, 1 << hash_bits), dtype=np.float32)
+    return sp.vstack(parts, format="csr")
+
+
+def _features(texts: Sequence[str], hash_bits: int) -> sp.csr_matrix:
     w = ngrams.words(texts)
     bi = ngrams.ngrams(w, 2, short="drop")
     mask = np.uint64((1 << hash_bits) - 1)
@@ -73,9 +85,8 @@ class QualityModel:
 
     def score(self, texts: Sequence[str]) -> np.ndarray:
         """[D] probability that each text is curated-like."""
-        if not len(texts):
-            return np.zeros(0)
-        return _sigmoid(features(texts, self.hash_bits) @ self.weights + self.bias)
+        parts = [_sigmoid(features(b, self.hash_bits) @ self.weights + self.bias) for b in ngrams.batches(texts)]
+        return np.concatenate([np.zeros(0), *parts])  # ~1 MB of text at a time: memory stays bounded
 
     def save(self, path: str) -> None:
         np.savez_compressed(path, weights=self.weights, bias=self.bias, hash_bits=self.hash_bits)
@@ -179,6 +190,24 @@ def uniforms(texts: Sequence[str], seed: int) -> np.ndarray:
     )
     bits = np.frombuffer(raw, np.uint64) >> np.uint64(11)  # 53 random bits
     return (bits.astype(np.float64) + 0.5) / float(1 << 53)
+
+
+def sample_keys(texts: Sequence[str], seed: int) -> np.ndarray:
+    """[D] uniforms that choose the classifier's training sample: the `max_train_docs` smallest of a class are
+    taken. A hash of each text (salted apart from the Pareto draws), so any runner picks the same sample."""
+    return uniforms(texts, seed + 0x5A3D1E)
+
+
+def training_sample(keys: np.ndarray, sizes: np.ndarray, max_docs: int, max_bytes: int) -> np.ndarray:
+    """Positions (ascending) of the documents with the smallest keys (ties to the earlier position), taken in key
+    order while fewer than `max_docs` are taken and their `sizes` sum to less than `max_bytes` (0: no limit)."""
+    order = np.lexsort((np.arange(len(keys)), keys))
+    if max_docs:
+        order = order[:max_docs]
+    if max_bytes:
+        before = np.cumsum(np.asarray(sizes, np.int64)[order]) - np.asarray(sizes, np.int64)[order]
+        order = order[before < max_bytes]
+    return np.sort(order)
 
 
 def pareto_draws(texts: Sequence[str], alpha: float, seed: int) -> np.ndarray:

@@ -35,7 +35,8 @@ class Source:
     """A named source: `path` (comma-separated files or globs; a directory reads its *.array_record files),
     `text_field` (JSON key, TSV/CSV column or JSON key inside ArrayRecord records; "" = raw text records),
     `separator` (text files: blank_line | line | none), mixing `weight`, quality-classifier `role`,
-    `limit` (read at most this many documents; 0 = all) and whether the heuristic `filters` apply."""
+    `limit` (read at most this many documents; 0 = all), whether the heuristic `filters` apply, and `id_field`
+    (JSON key or TSV/CSV column of the document's own id, kept as its id; "" or a record without it: file:line)."""
 
     name: str
     path: str
@@ -46,6 +47,7 @@ class Source:
     role: str = "none"
     limit: int = 0
     filters: bool = True
+    id_field: str = "id"
 
     @classmethod
     def from_dict(cls, d: dict, where: str) -> Source:
@@ -147,6 +149,7 @@ def _open_bytes(path: str):
 # What decompressors raise on damaged input: gzip/bz2 OSError (BadGzipFile, "Invalid data stream"), zlib.error,
 # lzma.LZMAError, EOFError for a stream cut short.
 STREAM_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError)
+Item = tuple[str, str, "str | None"]  # (where: file and line, text, the record's own id or None)
 DAMAGE = ("non_utf8_repaired", "non_utf8_skipped", "bad_json", "missing_field", "bad_row")  # a line looks damaged
 
 
@@ -171,7 +174,7 @@ class _File:
         self.starts: list[int] = [0]  # bz2: uncompressed offset at which each line starts (and the end)
         self.suspect = 0  # first damaged-looking line of a compressed file; 0: none
         self.held_flags: list[tuple[int, str, str]] = []  # (line, kind, where)
-        self.held: list[tuple[int, str, str]] = []  # (line, where, text)
+        self.held: list[tuple[int, str, str, str | None]] = []  # (line, where, text, own id)
         self.error = ""  # what broke the stream
         self.truncated = False  # it ended early (EOFError): what came before it decoded correctly
         self.lines_read = 0  # whole lines read
@@ -184,12 +187,12 @@ class _File:
         else:
             self.stats.flag(kind, where)
 
-    def keep(self, line: int, where: str, text: str) -> list[tuple[str, str]]:
+    def keep(self, line: int, where: str, text: str, own: str | None = None) -> list[Item]:
         """The records that can be kept now: this one, or none while records are held back."""
         if self.suspect or self.block:
-            self.held.append((line, where, text))
+            self.held.append((line, where, text, own))
             return []
-        return [(where, text)]
+        return [(where, text, own)]
 
     def lines(self, on_bad_utf8: str) -> Iterator[tuple[int, str | None]]:
         """(line number, text) of each whole line; text None for a non-UTF-8 line that is skipped."""
@@ -238,13 +241,13 @@ class _File:
             cut = min(cut, bisect.bisect_left(self.starts, self.starts[self.lines_read] - self.block) + 1)
         return cut
 
-    def finish(self) -> tuple[list[tuple[str, str]], str]:
+    def finish(self) -> tuple[list[Item], str]:
         """(records held back that are kept, a warning or "") once the file has been read."""
         cut, end = self.cut(), self.lines_read + 1
         for line, kind, where in self.held_flags:
             if line < cut:
                 self.stats.flag(kind, where)
-        kept = [(where, text) for line, where, text in self.held if line < cut]
+        kept = [(where, text, own) for line, where, text, own in self.held if line < cut]
         if not self.error:
             return kept, ""
         self.stats.flag("unreadable_file", f"{self.path}:{min(cut, end)}: {self.error}")
@@ -271,7 +274,14 @@ def _bz2_block_bytes(path: str) -> int:
     return 100_000 * int(chr(head[3])) if head[:3] == b"BZh" and head[3:4].isdigit() else 0
 
 
-def _jsonl(file: _File, field: str, on_bad_utf8: str) -> Iterator[tuple[str, str]]:
+def _own_id(value) -> str | None:
+    """A record's own id: a non-empty string or an integer (not a bool), as text; otherwise None."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        return None
+    return str(value) or None
+
+
+def _jsonl(file: _File, field: str, on_bad_utf8: str, id_field: str = "") -> Iterator[Item]:
     path = file.path
     for line_no, line in file.lines(on_bad_utf8):
         if line is None or not line.strip():
@@ -285,10 +295,11 @@ def _jsonl(file: _File, field: str, on_bad_utf8: str) -> Iterator[tuple[str, str
         if not isinstance(text, str):
             file.flag("missing_field", f"{path}:{line_no} (no string {field!r})", line_no)
             continue
-        yield from file.keep(line_no, f"{path}:{line_no}", text)
+        own = _own_id(rec.get(id_field)) if id_field else None
+        yield from file.keep(line_no, f"{path}:{line_no}", text, own)
 
 
-def _table(file: _File, field: str, delimiter: str, on_bad_utf8: str) -> Iterator[tuple[str, str]]:
+def _table(file: _File, field: str, delimiter: str, on_bad_utf8: str, id_field: str = "") -> Iterator[Item]:
     path = file.path
     numbers: list[int] = []
 
@@ -307,6 +318,7 @@ def _table(file: _File, field: str, delimiter: str, on_bad_utf8: str) -> Iterato
     if field not in header:
         raise DataError(f"{path}: header {header} has no column {field!r} (set the source's text_field)")
     col = header.index(field)
+    id_col = header.index(id_field) if id_field and id_field in header else None
     for row in reader:
         line_no = numbers[reader.line_num - 1] if reader.line_num <= len(numbers) else reader.line_num
         if not row:
@@ -314,10 +326,11 @@ def _table(file: _File, field: str, delimiter: str, on_bad_utf8: str) -> Iterato
         if len(row) != len(header):
             file.flag("bad_row", f"{path}:{line_no} ({len(row)} columns, header has {len(header)})", line_no)
             continue
-        yield from file.keep(line_no, f"{path}:{line_no}", row[col])
+        own = _own_id(row[id_col]) if id_col is not None else None
+        yield from file.keep(line_no, f"{path}:{line_no}", row[col], own)
 
 
-def _text(file: _File, separator: str, on_bad_utf8: str) -> Iterator[tuple[str, str]]:
+def _text(file: _File, separator: str, on_bad_utf8: str) -> Iterator[Item]:
     lines = [(n, line) for n, line in file.lines(on_bad_utf8) if line is not None]
     cut = file.cut()
     if cut <= file.lines_read:
@@ -326,13 +339,13 @@ def _text(file: _File, separator: str, on_bad_utf8: str) -> Iterator[tuple[str, 
             cut = next((n + 1 for n, line in reversed(lines) if n < cut and not line.strip()), 1)
         file.suspect = cut  # what `finish` counts from
         after = "".join(line for n, line in lines if n >= cut)
-        file.held = [(cut, f"{file.path}:{cut}", doc) for doc in split_documents(after, separator)]
+        file.held = [(cut, f"{file.path}:{cut}", doc, None) for doc in split_documents(after, separator)]
         lines = [(n, line) for n, line in lines if n < cut]
     for i, doc in enumerate(split_documents("".join(line for _, line in lines), separator)):
-        yield f"{file.path}#{i}", doc
+        yield f"{file.path}#{i}", doc, None
 
 
-def _arrayrecord(path: str, field: str, stats: ReadStats) -> Iterator[tuple[str, str]]:
+def _arrayrecord(path: str, field: str, stats: ReadStats, id_field: str = "") -> Iterator[Item]:
     from array_record.python import array_record_module
 
     reader = array_record_module.ArrayRecordReader(path)
@@ -340,69 +353,93 @@ def _arrayrecord(path: str, field: str, stats: ReadStats) -> Iterator[tuple[str,
         n = reader.num_records()
         for lo in range(0, n, 1024):  # batched reads: one call per 1,024 records
             for i, raw in enumerate(reader.read(list(range(lo, min(n, lo + 1024)))), lo):
-                text = _record_text(raw, field, f"{path}#{i}", stats)
+                text, own = _record_text(raw, field, f"{path}#{i}", stats, id_field)
                 if text is not None:
-                    yield f"{path}#{i}", text
+                    yield f"{path}#{i}", text, own
     finally:
         reader.close()
 
 
-def _record_text(raw: bytes, field: str, where: str, stats: ReadStats) -> str | None:
-    """The text of one ArrayRecord record: raw UTF-8, or the `field` of its JSON object."""
+def _record_text(
+    raw: bytes, field: str, where: str, stats: ReadStats, id_field: str = ""
+) -> tuple[str | None, str | None]:
+    """(text, own id) of one ArrayRecord record: raw UTF-8, or the `field` (and `id_field`) of its JSON object."""
+    own = None
     try:
         text = raw.decode("utf-8")
         if field:
-            text = json.loads(text).get(field)
+            rec = json.loads(text)
+            text = rec.get(field)
+            own = _own_id(rec.get(id_field)) if id_field else None
     except UnicodeDecodeError:
         stats.flag("non_utf8_skipped", where)
-        return None
+        return None, None
     except (ValueError, AttributeError):
         stats.flag("bad_json", where)
-        return None
+        return None, None
     if not isinstance(text, str):
         stats.flag("missing_field", f"{where} (no string {field!r})")
-        return None
-    return text
+        return None, None
+    return text, own
+
+
+def _items(src: Source, path: str, file: _File, on_bad_utf8: str) -> Iterator[Item]:
+    """(where, text, own id) of each document of one file, in file order, before the file is finished."""
+    fmt = file_format(path, src.format)
+    if fmt == "jsonl":
+        return _jsonl(file, src.text_field, on_bad_utf8, src.id_field)
+    if fmt in ("tsv", "csv"):
+        return _table(file, src.text_field, "\t" if fmt == "tsv" else ",", on_bad_utf8, src.id_field)
+    if fmt == "arrayrecord":
+        return _arrayrecord(path, src.text_field, file.stats, src.id_field)
+    return _text(file, src.separator, on_bad_utf8)
+
+
+def iter_file(src: Source, path: str, stats: ReadStats, on_bad_utf8: str = "repair") -> Iterator[dict]:
+    """The documents of one file of a source as records {"id", "source", "text"}, streamed in file order.
+
+    Empty documents (only whitespace) are counted in `stats` as `empty` and skipped; so is everything else
+    reading finds, and a damaged file's warning is added to `stats.warnings` once the file is read. Ids are the
+    record's own (`src.id_field`) or name the file and line. The source's `limit` is not applied here.
+    """
+    file = _File(path, stats)
+    for item in _items(src, path, file, on_bad_utf8):
+        rec = _record(stats, src, *item)
+        if rec is not None:
+            yield rec
+    held, warning = file.finish()
+    if warning:
+        stats.warnings.append(warning)
+    for item in held:
+        rec = _record(stats, src, *item)
+        if rec is not None:
+            yield rec
+
+
+def iter_source(src: Source, stats: ReadStats, on_bad_utf8: str = "repair") -> Iterator[dict]:
+    """The documents of every file of a source, in order, up to the source's `limit`, streamed."""
+    if on_bad_utf8 not in ("repair", "skip"):
+        raise ValueError(f"on_bad_utf8 must be 'repair' or 'skip', got {on_bad_utf8!r}")
+    n = 0
+    for path in source_files(src):
+        for rec in iter_file(src, path, stats, on_bad_utf8):
+            yield rec
+            n += 1
+            if src.limit and n >= src.limit:
+                return
 
 
 def read_source(src: Source, on_bad_utf8: str = "repair") -> tuple[list[dict], ReadStats]:
-    """All documents of a source as records {"id", "source", "text"}, and what reading found.
-
-    Empty documents (only whitespace) are counted as `empty` and dropped. Ids name the file and line.
-    """
-    if on_bad_utf8 not in ("repair", "skip"):
-        raise ValueError(f"on_bad_utf8 must be 'repair' or 'skip', got {on_bad_utf8!r}")
+    """All documents of a source as records {"id", "source", "text"}, and what reading found (`iter_source`)."""
     stats = ReadStats()
-    records: list[dict] = []
-    for path in source_files(src):
-        file = _File(path, stats)
-        fmt = file_format(path, src.format)
-        if fmt == "jsonl":
-            items = _jsonl(file, src.text_field, on_bad_utf8)
-        elif fmt in ("tsv", "csv"):
-            items = _table(file, src.text_field, "\t" if fmt == "tsv" else ",", on_bad_utf8)
-        elif fmt == "arrayrecord":
-            items = _arrayrecord(path, src.text_field, stats)
-        else:
-            items = _text(file, src.separator, on_bad_utf8)
-        for where, text in items:
-            if _add(records, stats, src, where, text):
-                return records, stats
-        held, warning = file.finish()
-        if warning:
-            stats.warnings.append(warning)
-        for where, text in held:
-            if _add(records, stats, src, where, text):
-                return records, stats
-    return records, stats
+    return list(iter_source(src, stats, on_bad_utf8)), stats
 
 
-def _add(records: list[dict], stats: ReadStats, src: Source, where: str, text: str) -> bool:
-    """Appends a document (an empty one is counted); True once the source's `limit` is reached."""
+def _record(stats: ReadStats, src: Source, where: str, text: str, own: str | None) -> dict | None:
+    """The record of a document, counted in `stats`; None for an empty one (counted as `empty`)."""
     if not text.strip():
         stats.flag("empty", where)
-        return False
-    records.append({"id": os.path.basename(where), "source": src.name, "text": text})
+        return None
     stats.documents += 1
     stats.bytes += len(text.encode("utf-8", "surrogatepass"))
-    return bool(src.limit) and len(records) >= src.limit
+    return {"id": own or os.path.basename(where), "source": src.name, "text": text}

@@ -146,6 +146,12 @@ def mix_section(report: dict) -> str:
     return _table(["source", "weight", "share", "docs", "MB", "epochs"], rows)
 
 
+def _runner_note(report: dict) -> str:
+    if report.get("runner") != "beam":
+        return ""
+    return " Apache Beam runner: the stages ran fused in one pipeline, so per-stage seconds are not measured (0)."
+
+
 def markdown(report: dict) -> str:
     """The whole summary."""
     sh = report["shards"]
@@ -154,7 +160,7 @@ def markdown(report: dict) -> str:
             "# Data preparation\n",
             f"`{report['output_dir']}`: {sh['train_docs']:,} training documents in {sh['train_shards']} shards, "
             f"{sh['val_docs']:,} validation documents in {sh['val_shards']} shards ({sh['written']} shards "
-            f"written, {sh['skipped']} already done); {report['seconds']:.1f} s.\n",
+            f"written, {sh['skipped']} already done); {report['seconds']:.1f} s.{_runner_note(report)}\n",
             "## Stages\n",
             stage_table(report),
             "## Documents per source after each stage\n",
