@@ -221,9 +221,14 @@ def gs_prepared(gcs, tmp_path_factory):
     local = tmp_path_factory.mktemp("prepare-sources")
     cfg = _corpus(local)
     src = fs.join(gcs, "prepare", "sources")
-    for name in ("curated.txt", "raw.jsonl"):  # (the evaluation task file stays local: decontam reads it so)
+    for name in ("curated.txt", "raw.jsonl"):
         fs.copy(local / name, fs.join(src, name))
     cfg.data_prep.sources = tuple({**s, "path": fs.join(src, fs.basename(s["path"]))} for s in cfg.data_prep.sources)
+    tasks = []  # the evaluation task files that decontamination reads are objects too
+    for path in cfg.data_prep.decontam.task_files:
+        tasks.append(fs.join(gcs, "prepare", "tasks", fs.basename(path)))
+        fs.copy(path, tasks[-1])
+    cfg.data_prep.decontam.task_files = tuple(tasks)
     out = fs.join(gcs, "prepare", "out")
     return cfg, out, prepare.run(cfg, out)
 

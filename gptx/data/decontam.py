@@ -24,6 +24,7 @@ from collections.abc import Sequence
 import grain
 import numpy as np
 
+from gptx import fs
 from gptx.data import ngrams
 from gptx.data.readers import _open_bytes, file_format, resolve_path
 
@@ -99,7 +100,7 @@ def eval_ngrams(cfg: DecontamConfig) -> EvalNgrams:
     tasks = []
     for t, path in enumerate(cfg.task_files):
         full = resolve_path(path)
-        if not os.path.exists(full):
+        if not fs.exists(full):
             raise FileNotFoundError(f"evaluation task file {path} not found (config.data_prep.decontam.task_files)")
         examples = task_examples(full)
         w = ngrams.words(examples)
