@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 import ml_collections
 
+from gptx.config_data_prep import defaults as data_prep_defaults
 from gptx.errors import ConfigError  # noqa: F401  (re-exported: `config.ConfigError` predates gptx.errors)
 
 ARCHS = ("gpt1", "gpt2", "gpt3")
@@ -134,6 +135,7 @@ def default() -> ml_collections.ConfigDict:
     c.scaling.d_model_max = 64
     c.scaling.n_layer_min = 1
     c.scaling.n_layer_max = 3
+    c.scaling.d_models = ()  # explicit widths, ascending, n_sizes of them (replace the geometric d_model_min..max)
     c.scaling.head_dim = 8  # n_head = d_model // head_dim; d_model is rounded to a multiple of it
     c.scaling.tokens_per_param = 20.0  # tokens of each run = this x its parameters (Chinchilla: ~20)
     c.scaling.compute_budget = 0.0  # when tokens_per_param is 0: training FLOPs of every run
@@ -158,63 +160,15 @@ def default() -> ml_collections.ConfigDict:
     c.scaling.eval_tasks = ""
     c.scaling.eval_shots = 0
     c.scaling.capability_task = ""
+    c.scaling.eval_at = ()  # fractions of each run's steps at which it is also evaluated, e.g. (0.25, 0.5)
+    # Generated training data of a capability task mixed into data.corpus (gptx/scaling/capability_data.py):
+    # "" none; "max_digit" | "arithmetic" (evaluated by the builtin tasks max_digit_code | arithmetic_code), at this
+    # share of the mixed corpus's bytes.
+    c.scaling.task_data = ""
+    c.scaling.task_data_weight = 0.2
 
-    # GPT-3 data preparation (`prepare` command, gptx/data/prepare.py): sources -> normalise -> heuristic filters
-    # -> exact + MinHash-LSH dedup -> quality classifier with the Pareto rule -> decontamination -> weighted mix
-    # -> ArrayRecord shards + report.json. Train on the result with --config.data.corpus=OUTPUT_DIR.
-    c.data_prep = ml_collections.ConfigDict()
-    # dicts with keys name, path, format, text_field, separator, weight, role, limit, filters
-    # (gptx.data.readers.Source); role: curated (classifier positives, kept) | raw (negatives, Pareto-filtered) | none
-    c.data_prep.sources = ()
-    c.data_prep.output_dir = ""  # "": the workdir
-    c.data_prep.on_bad_utf8 = "repair"  # repair: U+FFFD for the bad bytes; skip: drop the line. Counted either way
-    c.data_prep.val_fraction = 0.01  # per source, held out before mixing
-    c.data_prep.shard_docs = 10000  # documents per ArrayRecord shard
-    c.data_prep.seed = 0  # hold-out, mixing and shuffling
-    c.data_prep.progress = True
-    c.data_prep.clean = ml_collections.ConfigDict()
-    c.data_prep.clean.normalize = True  # NFC, newlines, exotic spaces, control characters, blank-line runs
-    c.data_prep.clean.min_words = 3
-    c.data_prep.clean.max_words = 100_000
-    c.data_prep.clean.max_symbol_ratio = 0.3  # of non-space characters that are ASCII punctuation/symbols
-    c.data_prep.clean.max_digit_ratio = 0.3
-    c.data_prep.clean.max_dup_line_frac = 0.3  # non-empty lines that repeat another line
-    c.data_prep.clean.max_dup_ngram_frac = 0.5  # words inside a dup_ngram-gram that occurs twice or more
-    c.data_prep.clean.dup_ngram = 5
-    # U+FFFD (bytes that were not UTF-8) and control characters other than \t \n \r, as a share of a document's
-    # characters: binary read as text scores 0.4-0.55, mojibake 0.01-0.04, the shared corpora's worst kept 0.0007
-    c.data_prep.clean.max_bad_char_ratio = 0.01
-    c.data_prep.dedup = ml_collections.ConfigDict()
-    c.data_prep.dedup.exact = True
-    c.data_prep.dedup.fuzzy = True
-    c.data_prep.dedup.ngram = 5  # words per shingle
-    c.data_prep.dedup.num_perm = 128  # MinHash size; GPT-3 (Spark MinHashLSH): 10
-    c.data_prep.dedup.threshold = 0.8  # Jaccard similarity of near-duplicates
-    c.data_prep.dedup.bands = 0  # LSH bands x rows; 0: derived from the threshold. GPT-3: 10 bands of 1 row
-    c.data_prep.dedup.rows = 0
-    c.data_prep.dedup.fn_weight = 0.8  # derived bands x rows weigh missed pairs by this, false candidates by 1 - it
-    c.data_prep.dedup.verify = True  # exact Jaccard check of LSH candidates (drops false positives)
-    c.data_prep.dedup.seed = 1
-    c.data_prep.quality = ml_collections.ConfigDict()
-    c.data_prep.quality.enabled = True  # needs curated and raw sources
-    c.data_prep.quality.hash_bits = 20  # 2^20 hashed unigram + bigram buckets
-    c.data_prep.quality.l2 = 1e-5
-    c.data_prep.quality.max_iter = 50  # Newton-CG iterations
-    c.data_prep.quality.heldout_fraction = 0.2  # of each class, for the reported accuracy and AUC
-    c.data_prep.quality.pareto_alpha = 9.0  # keep a raw document iff pareto(alpha) > 1 - score
-    c.data_prep.quality.seed = 0
-    c.data_prep.decontam = ml_collections.ConfigDict()
-    c.data_prep.decontam.task_files = ()  # evaluation files (JSONL/TSV/CSV/text, optionally compressed)
-    c.data_prep.decontam.ngram = 13
-    c.data_prep.decontam.min_ngram = 13  # < ngram: files of short examples use their 5th-percentile length
-    c.data_prep.decontam.mode = "split"  # split: cut the match +- window out (GPT-3); drop: drop the document
-    c.data_prep.decontam.window = 200  # characters removed on each side of a match
-    c.data_prep.decontam.min_piece = 200  # shorter pieces are discarded
-    c.data_prep.decontam.max_pieces = 10  # a document cut into more pieces is dropped
-    c.data_prep.decontam.max_doc_freq = 10  # N-grams in more training documents are ignored; 0: never
-    c.data_prep.mix = ml_collections.ConfigDict()
-    c.data_prep.mix.total_bytes = 0  # size of the mix; 0: all sources' bytes, redistributed by weight
-    c.data_prep.mix.max_epochs = 0.0  # > 0: at most this many passes over any source (it then falls short)
+    # GPT-3 data preparation (`prepare` command, gptx/data/prepare.py): gptx/config_data_prep.py.
+    c.data_prep = data_prep_defaults()
 
     # Decoding (gptx/sample.py) for `sample` and the demo; prompts come from --prompt.
     c.sample = ml_collections.ConfigDict()
@@ -323,8 +277,8 @@ def default() -> ml_collections.ConfigDict:
 
     # In-context learning evaluation (gptx/eval/): the `eval` command and the demo's fewshot stage.
     c.eval = ml_collections.ConfigDict()
-    # Comma-separated built-in task or group names (gptx.eval.tasks.TASKS, the files of gptx/eval/builtin) and
-    # task/group file paths.
+    # Comma-separated built-in task or group names (the task files of gptx/eval/builtin) and task/group file
+    # paths.
     c.eval.tasks = "lambada,hellaswag,two_digit_addition"
     c.eval.shots = "0,1,8"  # demonstrations per prompt, one evaluation per value
     c.eval.limit = 0  # evaluate the first N docs of each task; 0 = all
