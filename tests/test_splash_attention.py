@@ -189,3 +189,23 @@ def test_auto_is_xla_on_cpu():
     assert "pallas_call" not in str(auto)
     forced = jax.make_jaxpr(lambda q, k, v: dot_product_attention(q, k, v, implementation="splash"))(q, k, v)
     assert "pallas_call" in str(forced)
+
+
+def test_auto_picks_splash_on_tpus_cudnn_where_it_applies_on_gpus_and_xla_elsewhere():
+    from gptx.models.attention import auto_implementation
+
+    assert auto_implementation("tpu", jnp.float32, 64, packed=True) == "splash"
+    assert auto_implementation("gpu", jnp.bfloat16, 64, packed=False) == "cudnn"
+    assert auto_implementation("gpu", jnp.float16, 128, packed=False) == "cudnn"
+    assert auto_implementation("gpu", jnp.float32, 64, packed=False) is None  # cuDNN's kernel is 16-bit only
+    assert auto_implementation("gpu", jnp.bfloat16, 256, packed=False) is None  # head size over its limit
+    assert auto_implementation("gpu", jnp.bfloat16, 60, packed=False) is None
+    assert auto_implementation("gpu", jnp.bfloat16, 64, packed=True) is None  # packed rows: a dense mask
+    assert auto_implementation("cpu", jnp.bfloat16, 64, packed=False) is None
+
+
+def test_auto_on_a_cpu_is_xlas_attention():
+    q, k, v = (jax.random.normal(jax.random.key(i), (2, 16, 2, 8)) for i in range(3))
+    assert splash.target_platform() == "cpu"
+    want = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="xla")
+    np.testing.assert_array_equal(np.asarray(dot_product_attention(q, k, v)), np.asarray(want))

@@ -3,12 +3,15 @@
 The fast paths: on TPUs, Pallas splash attention (gptx/models/splash.py: block-sparse, no [T, S] scores, banded
 layers skip the tiles outside their band); elsewhere `jax.nn.dot_product_attention`, so cuDNN's fused kernel
 serves GPUs (including the sliding window of GPT-3's banded layers) and XLA's fused softmax serves CPUs.
-`implementation` None (config `auto`) picks splash on TPUs and lets JAX pick otherwise. Attention-probability
+`implementation` None (config `auto`) picks splash on TPUs, cuDNN on GPUs where it applies and XLA otherwise
+(`auto_implementation`: JAX itself would pick XLA on GPUs too). Attention-probability
 dropout (GPT-1/2 train with it) needs the probabilities, so that case uses an explicit softmax; splash cannot
 apply it and refuses. Decoding with a KV cache (`cached_attention`) keeps its own explicit path.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -88,7 +91,9 @@ def dot_product_attention(
                 "(it never forms them); set config.model.attn_dropout=0 or config.model.attention_impl=xla"
             )
         return _attention_with_dropout(q, k, v, segment_ids, window, dropout_rate, dropout_rng)
-    if implementation == "splash" or (implementation is None and splash.on_tpu()):
+    if implementation is None:
+        implementation = auto_implementation(splash.target_platform(), q.dtype, q.shape[-1], segment_ids is not None)
+    if implementation == "splash":
         block_q, block_kv = splash_blocks
         return splash.splash_attention(
             q, k, v, segment_ids=segment_ids, window=window, block_q=block_q, block_kv=block_kv
@@ -105,6 +110,17 @@ def dot_product_attention(
         local_window_size=(window - 1, 0) if window is not None else None,
         implementation=implementation,
     )
+
+
+def auto_implementation(platform: str, dtype: Any, head_dim: int, packed: bool) -> str | None:
+    """What `attention_impl=auto` runs: splash on TPUs; cuDNN's fused attention on GPUs where it applies (16-bit
+    inputs, a head size that is a multiple of 8 up to 128, no packed-document mask, which cuDNN would take as a
+    dense [T, T] bias), with GPT-3's banded layers as its sliding window; else XLA (None)."""
+    if platform == "tpu":
+        return "splash"
+    if platform == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0:
+        return "cudnn" if head_dim <= 128 and not packed else None
+    return None
 
 
 def _attention_with_dropout(q, k, v, segment_ids, window, rate, rng):

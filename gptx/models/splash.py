@@ -30,11 +30,17 @@ Q_AXES = ("batch", "act_heads", "length", "kv")  # logical names of q, k, v as t
 SEGMENT_AXES = ("batch", "length")
 
 
-def on_tpu() -> bool:
-    """True when attention is being compiled for TPUs: the context mesh's devices (so `aot`, compiling for a
-    TPU topology from a CPU host, gets the real kernel) or else the default backend."""
+def target_platform() -> str:
+    """The platform attention is being compiled for ("tpu", "gpu", "cpu", ...): the context mesh's devices (so
+    `aot`, compiling for a TPU topology from a CPU host, gets the real kernel) or else the default backend."""
     device = jax.sharding.get_abstract_mesh().abstract_device  # None: no mesh, or one without devices
-    return (device.platform if device is not None else jax.default_backend()) == "tpu"
+    platform = device.platform if device is not None else jax.default_backend()
+    return "gpu" if platform == "cuda" else platform
+
+
+def on_tpu() -> bool:
+    """True when attention is being compiled for TPUs (`target_platform`)."""
+    return target_platform() == "tpu"
 
 
 def padded_length(t: int, block_q: int, block_kv: int) -> tuple[int, int, int]:
