@@ -19,13 +19,13 @@ import csv
 import dataclasses
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import grain
 import numpy as np
 
 from gptx import fs
-from gptx.data import ngrams
+from gptx.data import ngrams, stage_io
 from gptx.data.readers import _open_bytes, file_format, resolve_path
 
 
@@ -264,9 +264,25 @@ class Tally:
 def decontaminate(records: list[dict], ev: EvalNgrams, cfg: DecontamConfig, max_examples: int = 10) -> DecontamResult:
     """Drops or splits the records {"id", "source", "text"} that contain evaluation N-grams; a report of what
     matched (per task: documents hit, the N-grams that matched) comes with the result."""
+    report: dict = {}
+    out = list(decontaminate_stream(records, ev, cfg, report, max_examples))
+    return DecontamResult(out, report)
+
+
+def decontaminate_stream(
+    records: Iterable[dict], ev: EvalNgrams, cfg: DecontamConfig, report: dict, max_examples: int = 10
+) -> Iterator[dict]:
+    """`decontaminate` over records that can be iterated twice (a pass to find the hits, ~1 MB at a time, and one
+    that cleans): yields the kept records and pieces, then fills `report`. Only the hits are held."""
     if cfg.mode not in ("split", "drop"):
         raise ValueError(f"decontam mode must be split or drop, got {cfg.mode!r}")
-    hits = find_hits([r["text"] for r in records], ev)
+    hits: list[Hit] = []
+    docs_in = 0
+    for run, _ in stage_io.chunks(records, lambda r: True):
+        for h in find_hits([r["text"] for r in run], ev):
+            h.doc += docs_in
+            hits.append(h)
+        docs_in += len(run)
     docs_per_ngram: dict[int, set[int]] = collections.defaultdict(set)
     for h in hits:
         docs_per_ngram[h.ngram].add(h.doc)
@@ -275,16 +291,16 @@ def decontaminate(records: list[dict], ev: EvalNgrams, cfg: DecontamConfig, max_
     for h in hits:
         if h.ngram not in frequent:
             by_doc[h.doc].append(h)
-    out: list[dict] = []
+    del hits, docs_per_ngram
     tally = Tally(len(ev.tasks), max_examples)
     for i, r in enumerate(records):
         if i not in by_doc:
-            out.append(r)
+            yield r
             continue
         pieces, matches = clean_document(r, by_doc[i], cfg)
         tally.add(i, r, matches, pieces)
-        out.extend(pieces)
-    return DecontamResult(out, tally.report(ev, cfg, len(records), len(frequent)))
+        yield from pieces
+    report.update(tally.report(ev, cfg, docs_in, len(frequent)))
 
 
 class Decontaminate(grain.experimental.FlatMapTransform):

@@ -9,6 +9,8 @@ The mixed documents are shuffled together with the same seed.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+
 import numpy as np
 
 
@@ -102,3 +104,67 @@ def mix(
 def with_epoch(r: dict, epoch: int) -> dict:
     """A record as taken in pass `epoch` over its source: repeats get the id "ID#epochE"."""
     return r if epoch == 0 else {**r, "id": f"{r['id']}#epoch{epoch}"}
+
+
+def stream(
+    recs: Iterable[dict],
+    sources: list[str],
+    weights: dict[str, float],
+    settings: tuple[float, int, int, float],
+    report: dict,
+    bucket_bytes: int = 4 << 20,
+) -> Iterator[tuple[int, int, dict]]:
+    """(bucket, output position, record with "split") triples of the mixed train records followed by each
+    source's held-out records, the same as `hold_out` then `mix` over the records grouped by source, from records
+    that can be iterated twice: a pass for the sizes, then one that places each record. Buckets are consecutive
+    runs of output positions of ~`bucket_bytes` of text (`stage_io.reorder` puts the records in order through
+    them). Fills `report` with the rows.
+
+    settings: (val_fraction, total_bytes, seed, max_epochs).
+    """
+    fraction, total_bytes, seed, max_epochs = settings
+    sizes: dict[str, list[int]] = {s: [] for s in sources}
+    for r in recs:
+        sizes[r["source"]].append(_bytes(r))
+    split, train_sizes, val_at = {}, {}, {}
+    for k, (name, size) in enumerate(sizes.items()):
+        train, val = hold_out_indices(len(size), fraction, seed + k)
+        split[name] = np.full(len(size), -1, np.int64)
+        split[name][train] = np.arange(len(train))
+        train_sizes[name] = [size[i] for i in train]
+        val_at[name] = dict(zip(val, range(len(val)), strict=True))
+    picks, rows = plan(train_sizes, weights, total_bytes, seed, max_epochs)
+    where = _pick_index(picks, sources)
+    n_train, n_val = len(picks), sum(len(v) for v in val_at.values())
+    val_start, at = {}, n_train
+    for name in sources:
+        val_start[name], at = at, at + len(val_at[name])
+    out_sizes = [train_sizes[s][i] for s, i, _ in picks]
+    for name in sources:
+        out_sizes += [sizes[name][j] for j in sorted(val_at[name])]
+    bucket = np.cumsum(np.asarray(out_sizes, np.int64)) // bucket_bytes
+    del picks, out_sizes, train_sizes, sizes
+    seen = dict.fromkeys(sources, 0)
+    for r in recs:
+        name = r["source"]
+        j, seen[name] = seen[name], seen[name] + 1
+        t = int(split[name][j])
+        if t < 0:
+            p = val_start[name] + val_at[name][j]
+            yield int(bucket[p]), p, {**r, "split": "val"}
+            continue
+        order, positions, epochs = where[name]
+        for m in range(np.searchsorted(order, t, "left"), np.searchsorted(order, t, "right")):
+            p = int(positions[m])
+            yield int(bucket[p]), p, {**with_epoch(r, int(epochs[m])), "split": "train"}
+    report.update({"sources": rows, "val_docs": n_val})
+
+
+def _pick_index(picks: list[tuple[str, int, int]], sources: list[str]) -> dict[str, tuple[np.ndarray, ...]]:
+    """Per source: (train positions sorted, the output positions of those picks, their epochs)."""
+    out = {}
+    for name in sources:
+        rows = np.array([(i, p, e) for p, (s, i, e) in enumerate(picks) if s == name], np.int64).reshape(-1, 3)
+        order = np.argsort(rows[:, 0], kind="stable")
+        out[name] = (rows[order, 0], rows[order, 1], rows[order, 2])
+    return out

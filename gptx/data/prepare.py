@@ -2,13 +2,18 @@
 
     read -> normalize -> filter -> exact_dedup -> fuzzy_dedup -> quality -> decontam -> mix -> shards
 
-Every stage is a function from a list of records {"id", "source", "text"} to a list of records plus the details
-it reports; the heavy ones work ~1 MB of text at a time and the dedup stages hold hashes and signatures, so
-memory stays a small multiple of the text. The runner counts documents and bytes in and out of each stage per
-source, saves each stage's output under OUTPUT/stages/ in parts of STAGE_PART_DOCS records with a fingerprint
-of everything that determines it (settings of this and all earlier stages, sizes and times of the input
-files), and on a rerun resumes after the last stage whose fingerprint still matches. Shards are written one by
-one and recorded as done, so an interrupted run does not rewrite finished shards. Deduplication runs over all
+Every stage is a generator from records {"id", "source", "text"} to records, filling in the details it reports
+once they are through. The chain streams: each stage reads the saved output of the one before lazily (as many
+passes as its algorithm needs) and its output is written part by part as it comes, so no step holds the
+documents: the vectorised stages work ~1 MB of text at a time, exact dedup holds a hash per document, fuzzy
+dedup band keys (and the texts of documents that meet in an LSH bucket), quality its training sample and a
+score per raw document, decontamination the hits, mix the sizes and its plan (the mixed order is restored
+through local bucket files, gptx.data.stage_io), and shards stream from the mix. The runner counts documents
+and bytes in and out of each stage per source, saves each stage's output under OUTPUT/stages/ in parts of
+STAGE_PART_DOCS records with a fingerprint of everything that determines it (settings of this and all earlier
+stages, sizes and times of the input files), and on a rerun resumes after the last stage whose fingerprint
+still matches. Shards are written one by one and recorded as done, so an interrupted run does not rewrite
+finished shards. Deduplication runs over all
 sources together and keeps the copy from the earliest source in config order, so list curated sources first
 (GPT-3 also removed WebText's documents from Common Crawl). `config.data_prep.runner=beam` runs the same
 stages on Apache Beam (gptx.data.beam) with the same answer.
@@ -20,12 +25,12 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import gzip
 import hashlib
 import io
+import itertools
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 
 import ml_collections
 import numpy as np
@@ -34,7 +39,7 @@ from tqdm import tqdm
 
 from gptx import fs
 from gptx.config import ConfigError
-from gptx.data import clean, decontam, dedup, mix, quality, readers, records, summary
+from gptx.data import clean, decontam, dedup, mix, ngrams, quality, readers, records, stage_io, summary
 from gptx.data.prepare_plan import STAGES, Context, snippet, stage_row, tally, validate_data_prep
 from gptx.train import logs
 
@@ -42,158 +47,222 @@ STAGE_PART_DOCS = 50_000  # records per file of a stage's saved output
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Stages: (records, ctx) -> (records, details)
+# Stages: (records, ctx, details) -> records, streamed; `details` is filled once the records are through
 
 
-def stage_read(_: list[dict], ctx: Context) -> tuple[list[dict], dict]:
-    out: list[dict] = []
+def stage_read(_: Iterable[dict], ctx: Context, details: dict) -> Iterator[dict]:
     bad = {}
     for src in ctx.sources:
-        recs, stats = readers.read_source(src, ctx.cfg.on_bad_utf8)
-        if not recs:
+        stats = readers.ReadStats()
+        n = 0
+        for r in readers.iter_source(src, stats, ctx.cfg.on_bad_utf8):
+            n += 1
+            yield r
+        if not n:
             found = ", ".join(f"{k} {v}" for k, v in stats.bad.items())
             stats.warnings.append(
                 f"source {src.name!r} yielded 0 documents from {src.path}" + (f" (bad input: {found})" if found else "")
             )
-        out.extend(recs)
         bad[src.name] = stats.to_dict()
-    return out, {"sources": bad}
+    details["sources"] = bad
 
 
-def stage_normalize(recs: list[dict], ctx: Context) -> tuple[list[dict], dict]:
+def stage_normalize(recs: Iterable[dict], ctx: Context, details: dict) -> Iterator[dict]:
     if not ctx.cfg.clean.normalize:
-        return recs, {"skipped": "config.data_prep.clean.normalize is False"}
-    changed = 0
-    for r in recs:  # in place: the runner hands each stage records it no longer needs, so no second copy
+        details["skipped"] = "config.data_prep.clean.normalize is False"
+        yield from recs
+        return
+    changed = empty = 0
+    for r in recs:
         text = clean.normalize(r["text"])
         changed += text != r["text"]
         r["text"] = text
-    kept = [r for r in recs if r["text"]]
-    return kept, {"changed": changed, "empty_after_normalize": len(recs) - len(kept)}
+        if text:
+            yield r
+        else:
+            empty += 1
+    details.update(changed=changed, empty_after_normalize=empty)
 
 
-def stage_filter(recs: list[dict], ctx: Context) -> tuple[list[dict], dict]:
+def stage_filter(recs: Iterable[dict], ctx: Context, details: dict) -> Iterator[dict]:
     fc = clean.FilterConfig.from_config(ctx.cfg.clean)
-    idx = [i for i, r in enumerate(recs) if ctx.source(r["source"]).filters]
-    reasons: list[str | None] = [None] * len(recs)
-    for i, why in zip(idx, clean.filter_reasons([recs[i]["text"] for i in idx], fc), strict=True):
-        reasons[i] = why
+    filtered = {s.name for s in ctx.sources if s.filters}
     counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     examples: dict[str, dict] = {}
-    for r, why in zip(recs, reasons, strict=True):
-        if why:
-            counts[r["source"]][why] += 1
-            examples.setdefault(why, snippet(r))
-    kept = [r for r, why in zip(recs, reasons, strict=True) if why is None]
-    return kept, {"reasons": {s: dict(c) for s, c in counts.items()}, "examples": examples}
+    for run, picked in stage_io.chunks(recs, lambda r: r["source"] in filtered):
+        reasons: list[str | None] = [None] * len(run)
+        for i, why in zip(picked, clean.filter_reasons([run[i]["text"] for i in picked], fc), strict=True):
+            reasons[i] = why
+        for r, why in zip(run, reasons, strict=True):
+            if why:
+                counts[r["source"]][why] += 1
+                examples.setdefault(why, snippet(r))
+            else:
+                yield r
+    details.update(reasons={s: dict(c) for s, c in counts.items()}, examples=examples)
 
 
-def _cluster_report(recs: list[dict], clusters: list[list[int]], top: int = 5) -> dict:
+def _drop_clustered(recs: Iterable[dict], clusters: list[list[int]], details: dict, top: int = 5) -> Iterator[dict]:
+    """The records outside clusters and the first (earliest source in config order) of each; then the cluster
+    report in `details`, from the sources of the members and snippets of the largest clusters."""
+    drop = {i for c in clusters for i in c[1:]}
     largest = sorted(clusters, key=len, reverse=True)[:top]
-    return {
-        "clusters": len(clusters),
-        "docs_removed": sum(len(c) - 1 for c in clusters),
-        "cross_source_clusters": sum(len({recs[i]["source"] for i in c}) > 1 for c in clusters),
-        "examples": [{"size": len(c), "members": [snippet(recs[i]) for i in c[:3]]} for c in largest],
-    }
+    shown = {i for c in largest for i in c[:3]}
+    members = {i for c in clusters for i in c}
+    source_of, snippets = {}, {}
+    for i, r in enumerate(recs):
+        if i in members:
+            source_of[i] = r["source"]
+        if i in shown:
+            snippets[i] = snippet(r)
+        if i not in drop:
+            yield r
+    details.update(
+        clusters=len(clusters),
+        docs_removed=sum(len(c) - 1 for c in clusters),
+        cross_source_clusters=sum(len({source_of[i] for i in c}) > 1 for c in clusters),
+        examples=[{"size": len(c), "members": [snippets[i] for i in c[:3]]} for c in largest],
+    )
 
 
-def _drop_clustered(recs: list[dict], clusters: list[list[int]]) -> list[dict]:
-    drop = {i for c in clusters for i in c[1:]}  # the first (earliest source in config order) is kept
-    return [r for i, r in enumerate(recs) if i not in drop]
-
-
-def stage_exact_dedup(recs: list[dict], ctx: Context) -> tuple[list[dict], dict]:
+def stage_exact_dedup(recs: Iterable[dict], ctx: Context, details: dict) -> Iterator[dict]:
     if not ctx.cfg.dedup.exact:
-        return recs, {"skipped": "config.data_prep.dedup.exact is False"}
-    clusters = dedup.exact_clusters([r["text"] for r in recs])
-    return _drop_clustered(recs, clusters), _cluster_report(recs, clusters)
+        details["skipped"] = "config.data_prep.dedup.exact is False"
+        yield from recs
+        return
+    first: dict[bytes, int] = {}
+    groups: dict[int, list[int]] = {}
+    for i, r in enumerate(recs):  # the held state: one 128-bit hash per distinct text
+        j = first.setdefault(dedup.text_key(r["text"]), i)
+        if j != i:
+            groups.setdefault(j, [j]).append(i)
+    del first
+    yield from _drop_clustered(recs, [groups[j] for j in sorted(groups)], details)
 
 
-def stage_fuzzy_dedup(recs: list[dict], ctx: Context) -> tuple[list[dict], dict]:
+def stage_fuzzy_dedup(recs: Iterable[dict], ctx: Context, details: dict) -> Iterator[dict]:
     if not ctx.cfg.dedup.fuzzy:
-        return recs, {"skipped": "config.data_prep.dedup.fuzzy is False"}
+        details["skipped"] = "config.data_prep.dedup.fuzzy is False"
+        yield from recs
+        return
     dc = dedup.DedupConfig.from_config(ctx.cfg.dedup)
-    res = dedup.near_duplicates([r["text"] for r in recs], dc)
-    details = {
-        "bands": res.bands,
-        "rows": res.rows,
-        "num_perm": dc.num_perm,
-        "threshold": dc.threshold,
-        "candidates_checked": res.checked,
-        "false_positives_rejected": res.rejected,
-        **_cluster_report(recs, res.clusters),
-    }
-    return _drop_clustered(recs, res.clusters), details
+    bands, rows = dc.lsh_shape()
+    keys, valid = [np.zeros((0, bands), np.uint64)], [np.zeros(0, bool)]
+    for run, _ in stage_io.chunks(recs, lambda r: True):  # the held state: band keys [D, bands]
+        shingles = ngrams.ngrams(ngrams.words([r["text"] for r in run]), dc.ngram, short="whole")
+        keys.append(dedup.band_keys(dedup.signatures(shingles, dc.num_perm, dc.seed), bands, rows))
+        valid.append(np.diff(shingles.offsets) > 0)
+    keys, valid = np.concatenate(keys), np.concatenate(valid)
+    met = {int(i) for g in dedup.key_buckets(keys, valid) for i in g}  # documents that share a bucket
+    texts = {i: r["text"] for i, r in enumerate(recs) if i in met}
+    res = dedup.cluster_keys(keys, valid, dedup.TextShingleSets(texts, dc.ngram), dc)
+    del texts, keys, valid
+    details.update(
+        bands=res.bands,
+        rows=res.rows,
+        num_perm=dc.num_perm,
+        threshold=dc.threshold,
+        candidates_checked=res.checked,
+        false_positives_rejected=res.rejected,
+    )
+    yield from _drop_clustered(recs, res.clusters, details)
 
 
-def stage_quality(recs: list[dict], ctx: Context) -> tuple[list[dict], dict]:
+def stage_quality(recs: Iterable[dict], ctx: Context, details: dict) -> Iterator[dict]:
     qc = quality.QualityConfig.from_config(ctx.cfg.quality)
     role = {s.name: s.role for s in ctx.sources}
-    raw = [i for i, r in enumerate(recs) if role[r["source"]] == "raw"]
-    if not qc.enabled or not raw:
-        why = "config.data_prep.quality.enabled is False" if not qc.enabled else "no source has role 'raw'"
-        return recs, {"skipped": why}
-    curated = [r["text"] for r in recs if role[r["source"]] == "curated"]
-    negatives = [recs[i]["text"] for i in raw]
-    pos = training_texts(curated, qc)
-    model, metrics = quality.train(pos, training_texts(negatives, qc), qc)
+    if not qc.enabled or not any(role[r["source"]] == "raw" for r in recs):
+        details["skipped"] = (
+            "config.data_prep.quality.enabled is False" if not qc.enabled else "no source has role 'raw'"
+        )
+        yield from recs
+        return
+    model, metrics = quality_model(recs, role, qc)
     saved = io.BytesIO()
     model.save(saved)
     fs.write_atomic(fs.join(ctx.out, "quality_model.npz"), saved.getvalue())
-    texts = [recs[i]["text"] for i in raw]
-    scores = model.score(texts)
-    keep = quality.pareto_keep(texts, scores, qc.pareto_alpha, qc.seed)
-    drop = {raw[i] for i in np.flatnonzero(~keep)}
+    scores, kept = [], []
+    for run, picked in stage_io.chunks(recs, lambda r: role[r["source"]] == "raw"):
+        texts = [run[i]["text"] for i in picked]
+        scores.append(model.score(texts))
+        keep = quality.pareto_keep(texts, scores[-1], qc.pareto_alpha, qc.seed)
+        kept.append(keep)
+        dropped = {i for i, k in zip(picked, keep, strict=True) if not k}
+        yield from (r for i, r in enumerate(run) if i not in dropped)
+    details.update(classifier=metrics, pareto_alpha=qc.pareto_alpha)
+    details.update(_quality_report(recs, role, np.concatenate(scores), np.concatenate(kept)))
+
+
+def _quality_report(recs: Iterable[dict], role: dict[str, str], scores: np.ndarray, keep: np.ndarray) -> dict:
+    """Per raw source: documents, kept and mean score; the three lowest and highest scored documents."""
+    order = np.argsort(scores)
+    shown = {int(i) for i in [*order[:3], *order[::-1][:3]]}
     per_source = collections.defaultdict(lambda: {"docs": 0, "kept": 0, "mean_score": 0.0})
-    for i, s, k in zip(raw, scores, keep, strict=True):
-        row = per_source[recs[i]["source"]]
+    snippets = {}
+    for k, r in enumerate(r for r in recs if role[r["source"]] == "raw"):
+        row = per_source[r["source"]]
         row["docs"] += 1
-        row["kept"] += int(k)
-        row["mean_score"] += float(s)
+        row["kept"] += int(keep[k])
+        row["mean_score"] += float(scores[k])
+        if k in shown:
+            snippets[k] = snippet(r)
     for row in per_source.values():
         row["mean_score"] /= max(row["docs"], 1)
-    order = np.argsort(scores)
-    details = {
-        "classifier": metrics,
-        "pareto_alpha": qc.pareto_alpha,
+    return {
         "raw_sources": dict(per_source),
-        "lowest_scored": [{**snippet(recs[raw[i]]), "score": float(scores[i])} for i in order[:3]],
-        "highest_scored": [{**snippet(recs[raw[i]]), "score": float(scores[i])} for i in order[::-1][:3]],
+        "lowest_scored": [{**snippets[int(i)], "score": float(scores[i])} for i in order[:3]],
+        "highest_scored": [{**snippets[int(i)], "score": float(scores[i])} for i in order[::-1][:3]],
     }
-    return [r for i, r in enumerate(recs) if i not in drop], details
 
 
-def training_texts(texts: list[str], qc: quality.QualityConfig) -> list[str]:
-    """The classifier's training sample of one class (`quality.training_sample`), in corpus order."""
-    sizes = [len(t.encode("utf-8", "surrogatepass")) for t in texts]
-    keys = quality.sample_keys(texts, qc.seed)
-    return [texts[i] for i in quality.training_sample(keys, sizes, qc.max_train_docs, qc.max_train_bytes)]
+def quality_model(
+    recs: Iterable[dict], role: dict[str, str], qc: quality.QualityConfig
+) -> tuple[quality.QualityModel, dict]:
+    """The classifier trained on the sample of curated (positive) and raw (negative) documents: a pass for the
+    sample keys and sizes, one to collect the sampled texts."""
+    keys: dict[str, list[np.ndarray]] = {"curated": [np.zeros(0)], "raw": [np.zeros(0)]}
+    sizes: dict[str, list[int]] = {"curated": [], "raw": []}
+    for run, _ in stage_io.chunks(recs, lambda r: True):
+        for c in keys:  # a key is a hash of its text alone: any batching gives the same keys
+            texts = [r["text"] for r in run if role[r["source"]] == c]
+            keys[c].append(quality.sample_keys(texts, qc.seed))
+            sizes[c].extend(len(t.encode("utf-8", "surrogatepass")) for t in texts)
+    want = {
+        c: set(
+            quality.training_sample(np.concatenate(keys[c]), sizes[c], qc.max_train_docs, qc.max_train_bytes).tolist()
+        )
+        for c in keys
+    }
+    del keys, sizes
+    seen = dict.fromkeys(want, 0)
+    texts: dict[str, list[str]] = {c: [] for c in want}
+    for r in recs:
+        c = role[r["source"]]
+        if c in want:
+            if seen[c] in want[c]:
+                texts[c].append(r["text"])
+            seen[c] += 1
+    return quality.train(texts["curated"], texts["raw"], qc)
 
 
-def stage_decontam(recs: list[dict], ctx: Context) -> tuple[list[dict], dict]:
+def stage_decontam(recs: Iterable[dict], ctx: Context, details: dict) -> Iterator[dict]:
     dc = decontam.DecontamConfig.from_config(ctx.cfg.decontam)
     if not dc.task_files:
-        return recs, {"skipped": "config.data_prep.decontam.task_files is empty"}
-    res = decontam.decontaminate(recs, decontam.eval_ngrams(dc), dc)
-    return res.records, res.report
+        details["skipped"] = "config.data_prep.decontam.task_files is empty"
+        yield from recs
+        return
+    yield from decontam.decontaminate_stream(recs, decontam.eval_ngrams(dc), dc, details)
 
 
-def stage_mix(recs: list[dict], ctx: Context) -> tuple[list[dict], dict]:
-    by_source: dict[str, list[dict]] = {s.name: [] for s in ctx.sources}
-    for r in recs:
-        by_source[r["source"]].append(r)
-    train_parts, val = {}, []
-    for k, (name, rs) in enumerate(by_source.items()):
-        train_parts[name], held = mix.hold_out(rs, ctx.cfg.val_fraction, ctx.cfg.seed + k)
-        val.extend(held)
+def stage_mix(recs: Iterable[dict], ctx: Context, details: dict) -> Iterator[dict]:
+    p = ctx.cfg
     weights = {s.name: s.weight for s in ctx.sources}
-    mixed, rows = mix.mix(train_parts, weights, ctx.cfg.mix.total_bytes, ctx.cfg.seed, ctx.cfg.mix.max_epochs)
-    out = [{**r, "split": "train"} for r in mixed] + [{**r, "split": "val"} for r in val]
-    return out, {"sources": rows, "val_docs": len(val)}
+    settings = (p.val_fraction, p.mix.total_bytes, p.seed, p.mix.max_epochs)
+    placed = mix.stream(recs, [s.name for s in ctx.sources], weights, settings, details)
+    yield from stage_io.reorder(placed)
 
 
-STAGE_FNS: dict[str, Callable[[list[dict], Context], tuple[list[dict], dict]]] = {
+STAGE_FNS: dict[str, Callable[[Iterable[dict], Context, dict], Iterator[dict]]] = {
     "read": stage_read,
     "normalize": stage_normalize,
     "filter": stage_filter,
@@ -248,38 +317,10 @@ def _paths(ctx: Context, k: int, name: str) -> tuple[str, str]:
     return base, base + ".json"
 
 
-def _part(prefix: str, i: int) -> str:
-    return f"{prefix}-part-{i:05d}.jsonl.gz"
-
-
-def _save_stage(ctx: Context, k: int, name: str, recs: list[dict], marker: dict) -> None:
-    """The stage's records in parts of STAGE_PART_DOCS, then its marker (last: a marker names complete parts)."""
-    prefix, meta = _paths(ctx, k, name)
-    n_parts = max(1, -(-len(recs) // STAGE_PART_DOCS))
-    for i in range(n_parts):
-        with fs.local_output(_part(prefix, i)) as tmp, _open_text(tmp, compress=True) as f:
-            _write_jsonl(f, recs[i * STAGE_PART_DOCS : (i + 1) * STAGE_PART_DOCS])
-    with fs.local_output(meta) as tmp, _open_text(tmp) as f:
-        f.write(json.dumps({**marker, "parts": n_parts}))
-
-
-def _open_text(path: str, compress: bool = False):
-    """A local text file for writing, gzip-compressed (level 1) with `compress`."""
-    return gzip.open(path, "wt", compresslevel=1, encoding="utf-8") if compress else open(path, "w")
-
-
-def _write_jsonl(f, recs: list[dict]) -> None:
-    for r in recs:
-        f.write(json.dumps(r, ensure_ascii=False) + "\n")
-
-
-def _load_stage(ctx: Context, k: int, name: str) -> list[dict]:
+def _load_stage(ctx: Context, k: int, name: str) -> stage_io.Parts:
+    """The saved output of a stage, read lazily (each iteration reads its parts again)."""
     prefix, _ = _paths(ctx, k, name)
-    recs = []
-    for i in range(_marker(ctx, k, name)["parts"]):
-        with fs.open_file(_part(prefix, i), "rb") as raw, gzip.open(raw, "rt", encoding="utf-8") as f:
-            recs.extend(json.loads(line) for line in f)
-    return recs
+    return stage_io.Parts(prefix, _marker(ctx, k, name)["parts"])
 
 
 def _marker(ctx: Context, k: int, name: str) -> dict | None:
@@ -287,13 +328,33 @@ def _marker(ctx: Context, k: int, name: str) -> dict | None:
     if not fs.exists(meta):
         return None
     marker = json.loads(fs.read_text(meta))
-    if not all(fs.exists(_part(prefix, i)) for i in range(marker.get("parts", -1))):
+    if not all(fs.exists(stage_io.part_path(prefix, i)) for i in range(marker.get("parts", -1))):
         return None  # a part is gone (or a marker of the one-file layout): the stage is redone
     return marker if "parts" in marker else None
 
 
-def run_stages(ctx: Context, progress: tqdm | None = None) -> tuple[list[dict], list[dict], str]:
-    """Runs (or resumes) every stage; returns (final records, one report row per stage, final fingerprint)."""
+def _run_stage(ctx: Context, k: int, name: str, inp: Iterable[dict], before: dict, fp: str) -> tuple[dict, dict]:
+    """Streams one stage from its input into its parts, then writes its marker (last: a marker names complete
+    parts); returns (its report row, the tally of its output)."""
+    prefix, meta = _paths(ctx, k, name)
+    after: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
+    details: dict = {}
+    t0 = time.perf_counter()
+    with stage_io.PartWriter(prefix, STAGE_PART_DOCS) as writer:
+        for r in STAGE_FNS[name](inp, ctx, details):
+            writer.write(r)
+            row = after[r["source"]]
+            row[0] += 1
+            row[1] += len(r["text"].encode("utf-8", "surrogatepass"))
+        parts = writer.close()
+    row = stage_row(name, before, after, time.perf_counter() - t0, details)
+    fs.write_atomic(meta, json.dumps({"fingerprint": fp, "row": row, "parts": parts}))
+    return row, after
+
+
+def run_stages(ctx: Context, progress: tqdm | None = None) -> tuple[stage_io.Parts, list[dict], str]:
+    """Runs (or resumes) every stage, each streaming the saved output of the one before; returns (the final
+    records, read lazily; one report row per stage; the final fingerprint)."""
     fps, fp = [], "gptx-prepare-v2"  # v2: damaged archives are cut where they broke (readers._File)
     for name in STAGES:
         fp = _fingerprint(fp, stage_settings(ctx, name))
@@ -304,7 +365,8 @@ def run_stages(ctx: Context, progress: tqdm | None = None) -> tuple[list[dict], 
         if marker is None or marker["fingerprint"] != fps[k]:
             break
         done = k
-    recs = _load_stage(ctx, done, STAGES[done]) if done >= 0 else []
+    inp: Iterable[dict] = _load_stage(ctx, done, STAGES[done]) if done >= 0 else stage_io.Empty()
+    before = tally(inp) if done < len(STAGES) - 1 else {}
     rows = []
     for k, name in enumerate(STAGES):
         if progress is not None:
@@ -312,16 +374,14 @@ def run_stages(ctx: Context, progress: tqdm | None = None) -> tuple[list[dict], 
         if k <= done:
             rows.append({**_marker(ctx, k, name)["row"], "resumed": True})
         else:
-            before, t0 = tally(recs), time.perf_counter()
-            recs, details = STAGE_FNS[name](recs, ctx)
-            row = stage_row(name, before, tally(recs), time.perf_counter() - t0, details)
-            _save_stage(ctx, k, name, recs, {"fingerprint": fps[k], "row": row})
+            row, before = _run_stage(ctx, k, name, inp, before, fps[k])
+            inp = _load_stage(ctx, k, name)
             rows.append({**row, "resumed": False})
         if progress is not None:
             progress.update(1)
             if not progress.disable:
                 progress.write(_progress_line(rows[-1]))
-    return recs, rows, fps[-1]
+    return inp, rows, fps[-1]
 
 
 def _progress_line(row: dict) -> str:
@@ -332,8 +392,9 @@ def _progress_line(row: dict) -> str:
     )
 
 
-def write_shards(ctx: Context, recs: list[dict], fingerprint: str, progress: tqdm | None = None) -> dict:
-    """Writes train/val shards of `shard_docs` records; shards recorded as done for this fingerprint are kept."""
+def write_shards(ctx: Context, recs: Iterable[dict], fingerprint: str, progress: tqdm | None = None) -> dict:
+    """Writes train/val shards of `shard_docs` records, streaming them from `recs` (iterated once to count each
+    split, once per split to write); shards recorded as done for this fingerprint are kept."""
     fp = _fingerprint(fingerprint, {"shard_docs": ctx.cfg.shard_docs})
     manifest_path = fs.join(ctx.out, "stages", "shards.json")
     manifest = {"fingerprint": fp, "done": []}
@@ -342,36 +403,34 @@ def write_shards(ctx: Context, recs: list[dict], fingerprint: str, progress: tqd
         if old.get("fingerprint") == fp:
             manifest = old
     done = set(manifest["done"])
-    plan = []
-    for split in records.SPLITS:
-        rs = [{k: v for k, v in r.items() if k != "split"} for r in recs if r["split"] == split]
-        count = max(1, -(-len(rs) // ctx.cfg.shard_docs)) if rs else 0
-        plan += [
-            (records.shard_name(split, i, count), rs[i * ctx.cfg.shard_docs : (i + 1) * ctx.cfg.shard_docs])
-            for i in range(count)
-        ]
-    wanted = {name for name, _ in plan}
+    n = collections.Counter(r["split"] for r in recs)
+    size = ctx.cfg.shard_docs
+    counts = {split: max(1, -(-n[split] // size)) if n[split] else 0 for split in records.SPLITS}
+    plan = [records.shard_name(split, i, counts[split]) for split in records.SPLITS for i in range(counts[split])]
     for split in records.SPLITS:  # shards of an earlier, different run would mix into this corpus
         for path in records.shard_files(ctx.out, split):
-            if fs.basename(path) not in wanted or fs.basename(path) not in done:
+            if fs.basename(path) not in plan or fs.basename(path) not in done:
                 fs.remove(path)
     written = skipped = 0
-    for name, rs in plan:
-        path = fs.join(ctx.out, name)
-        if name in done and fs.exists(path):
-            skipped += 1
-            continue
-        records.write_shard(path, rs)
-        manifest["done"] = sorted(done | {name})
-        done.add(name)
-        fs.write_atomic(manifest_path, json.dumps(manifest))
-        written += 1
+    for split in records.SPLITS:
+        rs = ({k: v for k, v in r.items() if k != "split"} for r in recs if r["split"] == split)
+        for i in range(counts[split]):
+            name = records.shard_name(split, i, counts[split])
+            path, shard = fs.join(ctx.out, name), itertools.islice(rs, size)
+            if name in done and fs.exists(path):
+                collections.deque(shard, maxlen=0)  # past the records of a finished shard
+                skipped += 1
+                continue
+            records.write_shard(path, shard)
+            manifest["done"] = sorted(done | {name})
+            done.add(name)
+            fs.write_atomic(manifest_path, json.dumps(manifest))
+            written += 1
     if progress is not None:
         progress.update(1)
-    n = collections.Counter(r["split"] for r in recs)
     return {
-        "train_shards": sum(name.startswith("train") for name, _ in plan),
-        "val_shards": sum(name.startswith("val") for name, _ in plan),
+        "train_shards": counts["train"],
+        "val_shards": counts["val"],
         "train_docs": n["train"],
         "val_docs": n["val"],
         "written": written,

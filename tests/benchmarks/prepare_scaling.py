@@ -1,7 +1,7 @@
 """How `prepare`'s memory and speed grow with the corpus: peak RSS and documents/s of the local and the Beam
 runner on 1x, 2x, 4x copies of a corpus built from the shared corpora.
 
-    python tests/benchmarks/prepare_scaling.py [--copies 1,2,4 --runners local,beam --base_docs 0]
+    python tests/benchmarks/prepare_scaling.py [--copies 1,2,4 --runners local,beam --base_docs 0 --max_train_mb 0]
 
 The corpus: Debian copyright files and changelogs (debian_docs.jsonl.gz, raw) and KJV verses (curated), each
 copy after the first with every fourth word changed, so copies survive exact and fuzzy dedup and every stage
@@ -10,7 +10,9 @@ decontamination) in a fresh subprocess; its peak RSS is that child's ru_maxrss (
 counter behind getrusage(RUSAGE_CHILDREN)). The Beam runner runs here on FnApiRunner, in one process: its
 GroupByKeys are held in that process's memory, which a distributed runner spreads over workers. stdout gets
 exactly one JSON line: every run, and per runner the memory growth in MB of RSS per MB of input (least
-squares slope over the sizes).
+squares slope over the sizes). The quality classifier's training sample (up to quality.max_train_bytes per
+class, 50 MB by default) is held in memory with its features, so until a corpus fills it the sample grows with
+the input too; --max_train_mb caps it lower to measure the streaming stages alone.
 """
 
 from __future__ import annotations
@@ -73,15 +75,18 @@ def child(args) -> None:
     )
     p.decontam.task_files = ()
     p.update(progress=False, runner=args.runner)
+    if args.max_train_mb:
+        p.quality.max_train_bytes = int(args.max_train_mb * 1e6)
     t0 = time.perf_counter()
     report = prepare.run(cfg, os.path.join(args.data, f"out_{args.runner}"))
     docs = report["stages"][0]["docs_out"]
     print(json.dumps({"docs": docs, "seconds": time.perf_counter() - t0}))
 
 
-def measure(runner: str, data: str) -> dict:
+def measure(runner: str, data: str, max_train_mb: float = 0.0) -> dict:
     """Runs one child; its result with the child's peak RSS in MB."""
     cmd = [sys.executable, os.path.abspath(__file__), "--child", "--runner", runner, "--data", data]
+    cmd += ["--max_train_mb", str(max_train_mb)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
@@ -97,6 +102,13 @@ def main() -> None:
     ap.add_argument("--copies", default="1,2,4")
     ap.add_argument("--runners", default="local,beam")
     ap.add_argument("--base_docs", type=int, default=0, help="Debian documents per copy (0: all 8,576)")
+    ap.add_argument(
+        "--max_train_mb",
+        type=float,
+        default=0.0,
+        help="cap on the quality classifier's training sample per class in MB (0: the config's, 50 MB); the "
+        "sample is held in memory, so below the cap it grows with the corpus",
+    )
     ap.add_argument("--child", action="store_true")
     ap.add_argument("--runner", default="local")
     ap.add_argument("--data", default="")
@@ -110,7 +122,7 @@ def main() -> None:
             os.makedirs(data)
             size = write_corpus(data, k, args.base_docs)
             for runner in args.runners.split(","):
-                r = measure(runner, data)
+                r = measure(runner, data, args.max_train_mb)
                 runs.append(
                     {
                         "runner": runner,
