@@ -15,6 +15,10 @@ Usage:
           ~50x in compute, the largest run 2.7M tokens. Its default corpus, the bundled Tiny Shakespeare (~0.3M tokens),
           would be repeated ~10 times by the largest run: train on a prepared corpus as above.
   "grid"  Chinchilla's L(N, D): 4 sizes x 4 token budgets (5 to 40 tokens per parameter), law="chinchilla".
+  "capability"  GPT-4's capability prediction: 4 widths fitted, d72 held out (~7x the compute of the largest fitted
+          run), generated max-of-four-digits problems (gptx/scaling/capability_data.py) at 30% of the corpus's bytes,
+          every run evaluated on `max_digit_code` (16 samples at temperature 1 per problem); "capability_large": widths
+          56-80 fitted, d128 held out (5.3x), all past the step where the task is learnt; "capability_tiny": seconds.
   "tiny"  3 runs of a few steps (d_model 8, 16, 24: the 3 points L(C) = a C^b + c needs), for tests:
           `scaling sweep --config=configs/scaling.py:tiny`, then `scaling fit` on the same workdir.
 
@@ -77,6 +81,22 @@ def get_config(arg: str = ""):
     elif arg == "tiny":
         c.scaling.update(n_sizes=3, d_model_min=8, d_model_max=24, n_layer_min=1, n_layer_max=1, tokens_per_param=1e-3)
         c.scaling.update(min_steps=4, holdout=0, bootstrap=20)
+    elif arg in ("capability", "capability_large", "capability_tiny"):
+        # The held-out d72 run has ~7x the compute of the largest fitted one (d40); every run is evaluated on the
+        # generated max_digit task, whose training data makes up task_data_weight of the bundled corpus's mix.
+        c.scaling.update(n_sizes=5, d_models=(16, 24, 32, 40, 72), min_steps=300, holdout=1, bootstrap=0)
+        c.scaling.update(task_data="max_digit", task_data_weight=0.3, eval_tasks="max_digit_code")
+        c.data.val_fraction = 0.05
+        c.eval.update(sandbox_workers=2, samples=0)  # the task's own: 16 samples at temperature 1
+        if arg == "capability_large":  # every run past the step where the comparison is learnt; ~15 CPU minutes
+            c.scaling.d_models = (56, 64, 72, 80, 128)  # d128: 5.3x the compute of d80
+        if arg == "capability_tiny":  # seconds per run, for tests
+            c.scaling.update(n_sizes=4, d_models=(8, 16, 24, 48), n_layer_min=1, n_layer_max=1, tokens_per_param=1e-3)
+            c.scaling.update(min_steps=6)
+            c.eval.update(samples=2, limit=6)
     elif arg:
-        raise ConfigError(f"configs/scaling.py has no preset {arg!r}; presets: '' (the default), grid, tiny")
+        raise ConfigError(
+            f"configs/scaling.py has no preset {arg!r}; presets: '' (the default), grid, tiny, capability, "
+            "capability_large, capability_tiny"
+        )
     return c

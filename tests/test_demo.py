@@ -3,6 +3,7 @@
 import json
 import time
 
+import pytest
 from test_config import run_cli
 
 
@@ -75,3 +76,18 @@ def test_demo_scaling_stage_predicts_the_largest_run_before_training_it(tmp_path
     assert made_at <= first_ckpt
     report = (tmp_path / "report.md").read_text()
     assert "## 4. Predictable scaling" in report and (tmp_path / "report" / "scaling_prediction.png").exists()
+
+
+@pytest.mark.slow
+def test_demo_capability_stage_reports_the_frozen_prediction_against_the_measurement(tmp_path):
+    out = run_cli("demo", "--config=configs/demo.py", f"--workdir={tmp_path}", "--stages=capability",
+                  "--config.scaling.task_data=max_digit", "--config.scaling.eval_tasks=max_digit_code",
+                  "--config.scaling.n_sizes=4", "--config.scaling.d_models=(8,16,24,48)",
+                  "--config.scaling.n_layer_min=1", "--config.scaling.n_layer_max=1",
+                  "--config.scaling.tokens_per_param=0.001", "--config.scaling.min_steps=6",
+                  "--config.scaling.bootstrap=0", "--config.eval.samples=2", "--config.eval.limit=6")  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    pred = json.loads((tmp_path / "capability" / "prediction.json").read_text())
+    assert pred["capability"]["task"] == "max_digit_code" and len(pred["fit_on"]) == 3
+    report = (tmp_path / "report.md").read_text()
+    assert "## Capability prediction" in report and (tmp_path / "report" / "capability_prediction.png").exists()

@@ -8,6 +8,7 @@ from all sections present after every stage, so `--stages=sample` alone still yi
   prepare.py    GPT-3's data pipeline on the demo corpus        tokenizer.py  SentencePiece BPE on the corpus
   pretrain.py   a tiny GPT-2 against the unigram entropy        sample.py     KV-cache samples from it
   fewshot.py    GPT-3's accuracy vs demonstrations              scaling.py    GPT-4's predictable scaling
+  capability.py GPT-4's capability prediction (opt-in)
   vision.py     GPT-4V in miniature (opt-in)                     rlhf.py       InstructGPT in miniature (opt-in)
   paradigms.py  GPT-1 fine-tuning vs GPT-3 prompting on SST-2 (opt-in)
 

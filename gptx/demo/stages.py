@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 
 import ml_collections
 
-from gptx.demo import fewshot, paradigms, prepare, pretrain, rlhf, sample, scaling, tokenizer, vision
+from gptx.demo import capability, fewshot, paradigms, prepare, pretrain, rlhf, sample, scaling, tokenizer, vision
 from gptx.demo.report import Report
 from gptx.errors import ConfigError
 
@@ -20,11 +20,12 @@ STAGES: dict[str, Stage] = {
     "sample": sample.stage,
     "fewshot": fewshot.stage,
     "scaling": scaling.stage,
+    "capability": capability.stage,
     "vision": vision.stage,
     "rlhf": rlhf.stage,
     "paradigms": paradigms.stage,
 }
-OPT_IN = ("vision", "rlhf", "paradigms")  # minutes of CPU each: run with --stages=...
+OPT_IN = ("capability", "vision", "rlhf", "paradigms")  # minutes of CPU each: run with --stages=...
 
 
 def run(cfg: ml_collections.ConfigDict, workdir: str, stages: Sequence[str] | None = None) -> str:

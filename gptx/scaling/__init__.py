@@ -2,7 +2,8 @@
 
 `laws`: the loss fits and predictions; `capability`: the pass-rate law −E_P[log pass_rate] = α·C^−k;
 `intervals` and `profile`: prediction intervals calibrated for few runs (delta-t, profile-t); `evals`: a run's
-end-of-training evaluation; `runs` + `capability_sweep`: sweeps through the training loop and the
+end-of-training evaluation, `midrun` at intermediate checkpoints; `capability_data`: generated problems of a
+capability task and their mix into the corpus; `runs` + `capability_sweep`: sweeps through the training loop and the
 `scaling {sweep,fit,predict}` command.
 """
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import os
@@ -13,10 +14,10 @@ import ml_collections
 import numpy as np
 
 from gptx import config as config_lib
-from gptx import flops
+from gptx import flops, fs
 from gptx.errors import ConfigError, DataError
 from gptx.models import GPTConfig
-from gptx.scaling import capability_sweep, evals
+from gptx.scaling import capability_data, capability_sweep, evals, midrun
 from gptx.scaling.laws import (
     ChinchillaLaw,
     ComputeLaw,
@@ -61,8 +62,12 @@ def validate_scaling(s: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             f"config.scaling.tokens_per_param_grid={tuple(s.tokens_per_param_grid)} must hold positive ratios"
         )
+    if s.d_models and (len(s.d_models) != s.n_sizes or any(int(d) % s.head_dim for d in s.d_models)):
+        raise ConfigError(f"config.scaling.d_models={tuple(s.d_models)}: n_sizes of them, multiples of head_dim")
     if not 0 <= s.holdout < s.n_sizes or s.smooth_evals <= 0 or not 0 < s.ci < 1:
         raise ConfigError("config.scaling.holdout must be in [0, n_sizes), smooth_evals > 0 and ci in (0, 1)")
+    if any(not isinstance(f, (int, float)) or not 0 < f < 1 for f in s.eval_at):
+        raise ConfigError(f"config.scaling.eval_at={tuple(s.eval_at)} must hold fractions of a run in (0, 1)")
     if s.eval_shots < 0 or s.bootstrap < 0:
         raise ConfigError(f"config.scaling.eval_shots={s.eval_shots} and bootstrap={s.bootstrap} must be >= 0")
 
@@ -87,6 +92,7 @@ def _size_config(cfg: ml_collections.ConfigDict, i: int) -> ml_collections.Confi
     s = cfg.scaling
     t = i / max(s.n_sizes - 1, 1)
     d = max(s.head_dim, round(s.d_model_min * (s.d_model_max / s.d_model_min) ** t / s.head_dim) * s.head_dim)
+    d = int(s.d_models[i]) if s.d_models else d  # explicit widths replace the geometric ones
     layers = max(1, round(s.n_layer_min * (s.n_layer_max / s.n_layer_min) ** t))
     c = ml_collections.ConfigDict(cfg.to_dict())
     c.model.update(name=f"{cfg.model.name}-d{d}-l{layers}", d_model=d, n_layer=layers, n_head=d // s.head_dim)
@@ -137,18 +143,17 @@ def schedule(cfg: ml_collections.ConfigDict) -> list[tuple[str, ml_collections.C
 
 def read_results(workdir: str) -> dict[str, dict]:
     """The sweep's finished runs, by name (a later line for the same name wins)."""
-    path = os.path.join(workdir, RESULTS)
-    if not os.path.exists(path):
+    path = fs.join(workdir, RESULTS)
+    if not fs.exists(path):
         return {}
     out = {}
-    with open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{lineno}: not JSON ({e})") from e
-                out[row["name"]] = row
+    for lineno, line in enumerate(fs.read_text(path).splitlines(), 1):
+        if line.strip():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not JSON ({e})") from e
+            out[row["name"]] = row
     return out
 
 
@@ -171,9 +176,15 @@ def final_loss(run_dir: str, smooth: int) -> tuple[float, float]:
 def train_run(name: str, cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains (or resumes) one sweep run in WORKDIR/runs/NAME and appends its result line."""
 
-    run_dir = os.path.join(workdir, "runs", name)
+    run_dir = fs.join(workdir, "runs", name)
     t0 = time.perf_counter()
-    pretrain.run(cfg, run_dir)
+    size = run_size(cfg)
+    if cfg.scaling.eval_tasks and cfg.scaling.eval_at:  # evaluated at intermediate checkpoints too
+        tokens_per_step = cfg.train.batch_size * _seq_len(cfg)
+        mid = midrun.train(cfg, run_dir, evals.evaluate_run, tokens_per_step, size["flops_per_token"])
+    else:
+        mid = None
+        pretrain.run(cfg, run_dir)
     eval_loss, train_loss = final_loss(run_dir, cfg.scaling.smooth_evals)
     row = {
         "name": name,
@@ -181,7 +192,7 @@ def train_run(name: str, cfg: ml_collections.ConfigDict, workdir: str) -> dict:
         "n_layer": cfg.model.n_layer,
         "n_head": cfg.model.n_head,
         "steps": cfg.train.steps,
-        **run_size(cfg),
+        **size,
         "loss": eval_loss,
         "train_loss": train_loss,
         "wall_s": time.perf_counter() - t0,
@@ -191,9 +202,10 @@ def train_run(name: str, cfg: ml_collections.ConfigDict, workdir: str) -> dict:
         t1 = time.perf_counter()
         row["eval"] = evals.evaluate_run(cfg, run_dir)
         row["eval_s"] = time.perf_counter() - t1
+    if mid is not None:
+        row["eval_steps"] = mid  # [{"step", "tokens", "compute", "eval"}] before the final step
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, RESULTS), "a") as f:
-            f.write(json.dumps(row) + "\n")
+        fs.append_text(fs.join(workdir, RESULTS), json.dumps(row) + "\n")
     return row
 
 
@@ -202,9 +214,9 @@ def _shared_tokenizer(cfg: ml_collections.ConfigDict, workdir: str) -> ml_collec
 
     cfg = ml_collections.ConfigDict(cfg.to_dict())
     if not cfg.data.tokenizer:
-        cfg.data.tokenizer = pretrain.tokenizer_path(cfg, os.path.abspath(workdir))
-        if not os.path.exists(cfg.data.tokenizer):
-            os.makedirs(workdir, exist_ok=True)
+        cfg.data.tokenizer = pretrain.tokenizer_path(cfg, fs.absolute(workdir))
+        if not fs.exists(cfg.data.tokenizer):
+            fs.makedirs(workdir)
             pretrain.train_tokenizer(cfg, workdir)
     return cfg
 
@@ -217,6 +229,7 @@ def sweep(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
     config.scaling.eval_tasks, every run is evaluated when it finishes and the prediction includes the capability.
     """
     evals.validate(cfg)  # a task that cannot run fails before the first run trains
+    cfg = capability_data.mixed_corpus(cfg, workdir)  # config.scaling.task_data: generated task data mixed in
     cfg = _shared_tokenizer(cfg, workdir)
     runs = schedule(cfg)
     n_fit = len(runs) - cfg.scaling.holdout
@@ -276,12 +289,11 @@ def predict(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     s = cfg.scaling
     results = read_results(workdir)
     points, targets = _targets(cfg, results)
-    path = os.path.join(workdir, PREDICTION)
+    path = fs.join(workdir, PREDICTION)
     fit_names = [p["name"] for p in points]
     stored = None
-    if os.path.exists(path):
-        with open(path) as f:
-            stored = json.load(f)
+    if fs.exists(path):
+        stored = json.loads(fs.read_text(path))
         if stored.get("fit_on") != fit_names or [t["name"] for t in stored["targets"]] != [t["name"] for t in targets]:
             stored = None  # a different sweep or target: predict afresh
     if stored is None:
@@ -294,10 +306,9 @@ def predict(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     if stored.get("capability"):
         capability_sweep.add_measurements(stored["capability"], results)
     if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        with open(path, "w") as f:
-            json.dump(stored, f, indent=1)
-        plot_prediction(stored, points, os.path.join(workdir, "prediction.png"))
+        fs.makedirs(workdir)
+        fs.write_atomic(path, json.dumps(stored, indent=1))
+        plot_prediction(stored, points, fs.join(workdir, "prediction.png"))
     for t in stored["targets"]:
         measured = "not trained yet" if t["measured"] is None else f"measured {t['measured']:.4f}"
         lo, hi = t["interval"]
@@ -390,8 +401,10 @@ def plot_prediction(pred: dict, points: list[dict], path: str) -> None:
     ax.set(xlabel="training compute C (FLOPs)", ylabel="final eval loss (nats/token)", title="predictable scaling")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    png = io.BytesIO()
+    fig.savefig(png, dpi=100, format="png")
     plt.close(fig)
+    fs.write_atomic(path, png.getvalue())
 
 
 def fit_results(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -400,7 +413,7 @@ def fit_results(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     rows = list(read_results(workdir).values())
     kept = len(rows) - (min(s.exclude_highest, len(rows)) if s.law == "chinchilla" else 0)
     dropped = f" after dropping the {s.exclude_highest} highest losses" if kept < len(rows) else ""
-    _require_points(s, kept, "fit", f"in {os.path.join(workdir, RESULTS)}{dropped}")
+    _require_points(s, kept, "fit", f"in {fs.join(workdir, RESULTS)}{dropped}")
     c = np.array([r["compute"] for r in rows])
     loss = np.array([r["loss"] for r in rows])
     if s.law == "compute":
@@ -424,7 +437,7 @@ def fit_results(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
         "ci": s.ci,
         "capability": capability_sweep.fit(s, rows),
     }
-    logs.write_json(os.path.join(workdir, "fit.json"), out)
+    logs.write_json(fs.join(workdir, "fit.json"), out)
     print(json.dumps(out))
     return out
 
