@@ -40,8 +40,7 @@ from tqdm import tqdm
 from gptx import fs
 from gptx.config import ConfigError
 from gptx.data import clean, decontam, dedup, mix, ngrams, quality, readers, records, stage_io, summary
-from gptx.data.prepare_plan import STAGES, Context, snippet, stage_row, tally, validate_data_prep
-from gptx.train import logs
+from gptx.data.prepare_plan import STAGES, Context, snippet, stage_row, tally, validate_data_prep, write_report
 
 STAGE_PART_DOCS = 50_000  # records per file of a stage's saved output
 
@@ -461,14 +460,4 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
         shards = write_shards(ctx, recs, fp, bar)
     for warning in summary.warnings(rows):  # a resumed read stage repeats its warnings
         logging.warning("prepare: %s", warning)
-    report = {
-        "output_dir": fs.absolute(out),
-        "runner": "local",
-        "seconds": round(time.perf_counter() - t0, 2),
-        "stages": rows,
-        "shards": shards,
-        "config": cfg.data_prep.to_dict(),
-    }
-    logs.write_json(fs.join(out, "report.json"), report)
-    fs.write_atomic(fs.join(out, "summary.md"), summary.markdown(report))
-    return report
+    return write_report(cfg, out, "local", time.perf_counter() - t0, rows, shards)

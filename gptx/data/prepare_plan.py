@@ -9,8 +9,10 @@ import dataclasses
 
 import ml_collections
 
+from gptx import fs
 from gptx.config import ConfigError
-from gptx.data import readers
+from gptx.data import readers, summary
+from gptx.train import logs
 
 STAGES = ("read", "normalize", "filter", "exact_dedup", "fuzzy_dedup", "quality", "decontam", "mix")
 SNIPPET = 120  # characters of a document shown in the report
@@ -106,3 +108,20 @@ def stage_row(name: str, before: dict, after: dict, seconds: float, details: dic
     }
     totals = {k: sum(v[k] for v in per_source.values()) for k in ("docs_in", "docs_out", "bytes_in", "bytes_out")}
     return {"stage": name, **totals, "seconds": round(seconds, 3), "per_source": per_source, "details": details}
+
+
+def write_report(
+    cfg: ml_collections.ConfigDict, out: str, runner: str, seconds: float, rows: list[dict], shards: dict
+) -> dict:
+    """Writes OUT/report.json and the readable OUT/summary.md of a finished run; returns the report."""
+    report = {
+        "output_dir": fs.absolute(out),
+        "runner": runner,
+        "seconds": round(seconds, 2),
+        "stages": rows,
+        "shards": shards,
+        "config": cfg.data_prep.to_dict(),
+    }
+    logs.write_json(fs.join(out, "report.json"), report)
+    fs.write_atomic(fs.join(out, "summary.md"), summary.markdown(report))
+    return report

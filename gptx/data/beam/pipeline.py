@@ -21,9 +21,8 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from gptx import fs
-from gptx.data import prepare_plan, records, summary
+from gptx.data import prepare_plan, records
 from gptx.data.beam import common, corpus_stages, dedup_stages, documents, mix_stage
-from gptx.train import logs
 
 STAGE_FNS = {
     "normalize": documents.stage_normalize,
@@ -124,14 +123,4 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     seconds = time.perf_counter() - t0
     parts = json.loads(fs.read_text(fs.join(out, "stages", REPORT)))
     rows, shards = assemble_report(ctx, parts, seconds)
-    report = {
-        "output_dir": fs.absolute(out),
-        "runner": "beam",
-        "seconds": round(seconds, 2),
-        "stages": rows,
-        "shards": shards,
-        "config": cfg.data_prep.to_dict(),
-    }
-    logs.write_json(fs.join(out, "report.json"), report)
-    fs.write_atomic(fs.join(out, "summary.md"), summary.markdown(report))
-    return report
+    return prepare_plan.write_report(cfg, out, "beam", seconds, rows, shards)
