@@ -40,6 +40,9 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--workers", type=int, default=0, help="grain worker processes (config.data.worker_count)")
     args = p.parse_args(argv)
+    from absl import flags
+
+    flags.FLAGS(sys.argv[:1])  # grain's worker processes read absl flags (an absl app parses them first)
 
     import importlib.util
 

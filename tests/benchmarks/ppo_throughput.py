@@ -5,7 +5,7 @@
 Random-weight policy, reference, value and reward models (throughput does not depend on the weights) run full
 PPO iterations: rollout (KV-cache decoder), scoring (four forward passes), update (ppo_epochs x minibatches of
 policy and value steps). The peer is Hugging Face `GPT2LMHeadModel.generate` (PyTorch, KV cache, sampling) on
-the same shapes on CPU, measured in the same run for the rollout phase. Prints one JSON line.
+the same shapes on CPU, in alternating repeats with the rollout (medians). Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ def config(size: str):
     return c
 
 
-def hf_generate_tokens_per_s(c, prompt, mask, repeats: int = 2) -> float:
+def hf_generate(c, prompt, mask):
+    """A function running Hugging Face `generate` (sampling, KV cache) on the prompts, after one warm-up call."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -57,12 +58,24 @@ def hf_generate_tokens_per_s(c, prompt, mask, repeats: int = 2) -> float:
     ids, attn = torch.as_tensor(prompt, dtype=torch.long), torch.as_tensor(mask, dtype=torch.long)
     n = c.rlhf.max_response_len
     kwargs = dict(attention_mask=attn, max_new_tokens=n, min_new_tokens=n, do_sample=True, temperature=0.7, top_k=0)
-    with torch.no_grad():
-        model.generate(ids, **kwargs)  # warm-up
-        t0 = time.perf_counter()
-        for _ in range(repeats):
+
+    def run() -> None:
+        with torch.no_grad():
             model.generate(ids, **kwargs)
-    return repeats * ids.shape[0] * n / (time.perf_counter() - t0)
+
+    run()  # warm-up
+    return run
+
+
+def alternate(sides: dict, repeats: int) -> dict[str, float]:
+    """Median seconds of each side's call over `repeats` rounds that alternate the sides."""
+    times = {name: [] for name in sides}
+    for _ in range(repeats):
+        for name, fn in sides.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: float(np.median(v)) for name, v in times.items()}
 
 
 def main() -> None:
@@ -70,6 +83,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", default="demo", choices=["demo", "350m"])
     parser.add_argument("--iterations", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5, help="alternating rollout repeats against HF generate")
     args = parser.parse_args()
     c = config(args.size)
     r = c.rlhf
@@ -122,8 +136,21 @@ def main() -> None:
         "seconds_per_iteration": med,
     }
     if args.size == "demo":
-        hf = hf_generate_tokens_per_s(c, tokens, mask)
-        result.update(hf_generate_tokens_per_s=hf, rollout_ratio_vs_hf=rollout_tps / hf)
+        # The rollout against HF generate on the same prompts, in alternating repeats (the in-iteration times
+        # above follow an update step, whose memory traffic they share).
+        with mesh_lib.activation_rules(mesh):
+            policy = state.policy.params
+            ours = lambda: jax.block_until_ready(  # noqa: E731
+                sample.decode(models.policy, policy, dev["prompt"], dev["prompt_mask"], jax.random.key(0), sampling)
+            )
+            med = alternate({"gptx": ours, "hf": hf_generate(c, tokens, mask)}, args.repeats)
+        n = r.rollout_batch * r.max_response_len
+        result.update(
+            rollout_alone_tokens_per_s=n / med["gptx"],
+            hf_generate_tokens_per_s=n / med["hf"],
+            rollout_ratio_vs_hf=med["hf"] / med["gptx"],
+            rollout_repeats=args.repeats,
+        )
     result.update(load.fields())
     print(json.dumps(result))
 
