@@ -229,6 +229,9 @@ class ShingleSets:
     def jaccard(self, i: int, j: int) -> float:
         return jaccard(self[i], self[j])
 
+    def prefetch(self, ids: np.ndarray) -> None:
+        """Readies the sets of documents `ids` that are about to be compared (a no-op here: shingles are held)."""
+
 
 @dataclasses.dataclass
 class FuzzyResult:
@@ -259,10 +262,20 @@ class TextShingleSets(ShingleSets):
 
     def __getitem__(self, i: int) -> np.ndarray:
         if i not in self.cache:
-            if len(self.cache) >= _CACHED_SETS:  # bounded: recomputing a set is cheaper than holding them all
-                self.cache.clear()
-            self.cache[i] = shingle_set(ngrams.ngrams(ngrams.words([self.texts[i]]), self.ngram, short="whole").hashes)
+            self.prefetch(np.asarray([i]))
         return self.cache[i]
+
+    def prefetch(self, ids: np.ndarray) -> None:
+        """Computes the sets of documents `ids` in one batched pass (the cache is cleared first when they would
+        overflow it: recomputing a set is cheaper than holding them all)."""
+        wanted = list(dict.fromkeys(int(i) for i in ids))
+        ids = [i for i in wanted if i not in self.cache]
+        if len(self.cache) + len(ids) > _CACHED_SETS:
+            self.cache.clear()
+            ids = wanted
+        shingles = ngrams.ngrams(ngrams.words([self.texts[i] for i in ids]), self.ngram, short="whole")
+        for k, i in enumerate(ids):
+            self.cache[i] = shingle_set(shingles.hashes[shingles.offsets[k] : shingles.offsets[k + 1]])
 
 
 def near_duplicates(texts: Sequence[str], cfg: DedupConfig) -> FuzzyResult:
@@ -297,7 +310,12 @@ def cluster_keys(keys: np.ndarray, valid: np.ndarray, sets: ShingleSets, cfg: De
     uf = UnionFind(keys.shape[0])
     result = FuzzyResult([], bands, rows)
     rejected: set[tuple[int, int]] = set()
-    for group in key_buckets(keys, valid):
+    groups = key_buckets(keys, valid)
+    start = 0
+    for g, group in enumerate(groups):
+        if cfg.verify and g == start:  # the sets of the next buckets' members, up to the cache's size, at once
+            start, members = _members_upto(groups, g, _CACHED_SETS)
+            sets.prefetch(members)
         members = group.tolist()
         if not cfg.verify:
             for j in members[1:]:
@@ -315,6 +333,16 @@ def cluster_keys(keys: np.ndarray, valid: np.ndarray, sets: ShingleSets, cfg: De
                     rejected.add((x, y))
     result.clusters = uf.groups()
     return result
+
+
+def _members_upto(groups: list[np.ndarray], first: int, limit: int) -> tuple[int, np.ndarray]:
+    """(index after the last bucket taken, their distinct members) of buckets first, first + 1, ... whose members
+    number at most `limit` (at least one bucket)."""
+    end, total = first + 1, len(groups[first])
+    while end < len(groups) and total + len(groups[end]) <= limit:
+        total += len(groups[end])
+        end += 1
+    return end, np.unique(np.concatenate(groups[first:end]))
 
 
 def brute_force_pairs(shingles: ngrams.Ngrams, threshold: float) -> tuple[np.ndarray, np.ndarray]:

@@ -31,6 +31,7 @@ import sys
 import time
 
 import numpy as np
+from machine import LoadWatch
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
@@ -82,6 +83,7 @@ def agreement(a: set, b: set) -> float:
 
 
 def main(argv=None) -> None:
+    load = LoadWatch()
     p = argparse.ArgumentParser()
     p.add_argument("--num_perm", type=int, default=128)
     p.add_argument("--threshold", type=float, default=0.8)
@@ -142,6 +144,7 @@ def main(argv=None) -> None:
                 "datasketch_recall": round(len(ds_dup) / max(len(truth), 1), 4),
                 "gptx_clusters": len(result.clusters),
                 "gptx_docs_removed": sum(len(c) - 1 for c in result.clusters),
+                **load.fields(),
             }
         )
     )
