@@ -127,10 +127,24 @@ def choose(logits: jax.Array, keys: jax.Array, sampling: SamplingConfig) -> tupl
         return tokens, _logprob_of(jax.nn.log_softmax(logits), tokens)
     scaled = logits / sampling.temperature
     filtered = filter_logits(scaled, sampling.top_k, sampling.top_p)
-    # jax.random.categorical's own draw (argmax of logits + Gumbel noise), with the fast argmax.
-    tokens = jax.vmap(lambda k, x: first_argmax(x + jax.random.gumbel(k, x.shape, x.dtype)))(keys, filtered)
-    # Log-probs of the tempered, unfiltered distribution: what PPO recomputes from the same logits.
-    return tokens.astype(jnp.int32), _logprob_of(jax.nn.log_softmax(scaled), tokens)
+    tokens, logprobs = inverse_cdf_sample(filtered, keys)
+    if sampling.top_k > 0 or sampling.top_p < 1.0:
+        # Log-probs of the tempered, unfiltered distribution: what PPO recomputes from the same logits.
+        logprobs = _logprob_of(jax.nn.log_softmax(scaled), tokens)
+    return tokens, logprobs
+
+
+def inverse_cdf_sample(logits: jax.Array, keys: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """One token per row of logits [B, V] drawn from softmax(logits) with one uniform per row (key [B]), and its
+    log-prob [B]. The first token whose cumulative probability reaches u in (0, 1]: a token of probability 0
+    (a -inf logit) is never drawn. One exp per logit instead of the Gumbel trick's random bits and two logs:
+    half the time at GPT-2's vocabulary on a CPU."""
+    top = jnp.max(logits, axis=-1, keepdims=True)
+    cdf = jnp.cumsum(jnp.exp(logits - top), axis=-1)  # unnormalised; total = cdf[:, -1]
+    total = cdf[:, -1:]
+    u = (1.0 - jax.vmap(jax.random.uniform)(keys))[:, None] * total  # in (0, total]
+    tokens = jnp.minimum(jnp.sum(cdf < u, axis=-1), logits.shape[-1] - 1).astype(jnp.int32)
+    return tokens, _logprob_of(logits, tokens) - top[:, 0] - jnp.log(total[:, 0])
 
 
 def head_kernel(model: GPT, params: Any) -> jax.Array:

@@ -184,12 +184,25 @@ def test_sharded_decoding_equals_single_device():
     np.testing.assert_allclose(np.concatenate(one.logprobs), np.concatenate(many.logprobs), atol=1e-4)
 
 
-def test_a_sampled_token_is_jax_random_categoricals_draw_for_its_key():
+def test_inverse_cdf_samples_follow_the_distribution_and_never_draw_a_filtered_token():
+    probs = np.array([0.5, 0.0, 0.3, 0.2, 0.0])
+    logits = jnp.log(jnp.asarray(probs))[None].repeat(4, 0) + jnp.arange(4.0)[:, None]  # a shift per row
+    keys = jax.random.split(jax.random.key(3), 50000)
+    tokens, logprobs = jax.vmap(lambda k: sample.inverse_cdf_sample(logits, jax.random.split(k, 4)))(keys)
+    freq = np.bincount(np.asarray(tokens).ravel(), minlength=5) / tokens.size
+    np.testing.assert_allclose(freq, probs, atol=0.01)  # 200,000 draws: ~0.001 standard error
+    assert freq[1] == freq[4] == 0.0
+    want = np.log(probs[np.asarray(tokens)])
+    np.testing.assert_allclose(np.asarray(logprobs), want, rtol=1e-5)
+    again, _ = jax.vmap(lambda k: sample.inverse_cdf_sample(logits, jax.random.split(k, 4)))(keys)
+    np.testing.assert_array_equal(np.asarray(again), np.asarray(tokens))  # a key is one draw
+
+
+def test_a_sampled_tokens_logprob_is_that_of_the_tempered_distribution():
     logits = jax.random.normal(jax.random.key(1), (32, 300)) * 3
     keys = jax.random.split(jax.random.key(2), 32)
-    cfg = sample.SamplingConfig(max_new_tokens=1, temperature=0.7)
-    tokens, logprobs = sample.choose(logits, keys, cfg)
-    want = jax.vmap(jax.random.categorical)(keys, logits / 0.7)
-    np.testing.assert_array_equal(np.asarray(tokens), np.asarray(want))
-    ref = jax.nn.log_softmax(logits / 0.7)[jnp.arange(32), want]
-    np.testing.assert_allclose(np.asarray(logprobs), np.asarray(ref), rtol=1e-6)
+    for top_p in (1.0, 0.5):
+        cfg = sample.SamplingConfig(max_new_tokens=1, temperature=0.7, top_p=top_p)
+        tokens, logprobs = sample.choose(logits, keys, cfg)
+        ref = jax.nn.log_softmax(logits / 0.7)[jnp.arange(32), tokens]
+        np.testing.assert_allclose(np.asarray(logprobs), np.asarray(ref), rtol=1e-5, atol=1e-6)
