@@ -373,7 +373,7 @@ class LM:
         copy has its own row key, and the copies share batches of the KV-cache decoder.
 
         Prompts longer than max_len - max_new_tokens lose tokens on the left. Batches are left-padded to a
-        power-of-two width and filled to batch_size rows, so decoding compiles once per width bucket, not once
+        `bucket_length` width and filled to batch_size rows, so decoding compiles once per width bucket, not once
         per prompt length; stop strings are applied here, on the decoded text, so they do not enter the
         compiled program either. The text of a continuation is decoded with its prompt and the prompt's text
         removed, so a leading space survives. Row i samples with key fold_in(key(seed), i) (temperature > 0).
