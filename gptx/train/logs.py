@@ -105,12 +105,16 @@ class _Events:
     re-uploads from its destructor, which hangs a process whose bucket has gone)."""
 
     def __init__(self, logdir: str):
-        from tensorboardX import SummaryWriter
+        # tensorboardX's EventsWriter writes in the calling thread: SummaryWriter queues events for a thread whose
+        # flush() does not wait for it, so an upload right after a flush could miss the last scalars.
+        from tensorboardX.event_file_writer import EventsWriter
 
         self.logdir = logdir
         self.earlier = fs.glob(fs.join(logdir, "events.out.tfevents.*"))  # of the runs this one resumes
         self.local = tempfile.mkdtemp(prefix="gptx-tensorboard-") if fs.is_remote(logdir) else None
-        self.writer = SummaryWriter(self.local or logdir)
+        os.makedirs(self.local or logdir, exist_ok=True)
+        # The pid keeps two writers started within one second (a quick restart) from sharing a file name.
+        self.writer = EventsWriter(os.path.join(self.local or logdir, "events"), f".{os.getpid()}")
 
     def truncate_after(self, step: int) -> None:
         """Drops the scalars of steps after `step` from the earlier runs' events files: a killed run's last steps,
@@ -122,7 +126,10 @@ class _Events:
                 fs.write_atomic(path, kept)
 
     def add_scalar(self, tag: str, value: float, step: int) -> None:
-        self.writer.add_scalar(tag, value, step)
+        from tensorboardX.proto import event_pb2
+        from tensorboardX.summary import scalar
+
+        self.writer.write_event(event_pb2.Event(wall_time=time.time(), step=step, summary=scalar(tag, value)))
 
     def flush(self) -> None:
         self.writer.flush()
