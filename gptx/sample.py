@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -120,31 +121,56 @@ def filter_logits(logits: jax.Array, top_k: int, top_p: float) -> jax.Array:
     return logits
 
 
-def choose(logits: jax.Array, keys: jax.Array, sampling: SamplingConfig) -> tuple[jax.Array, jax.Array]:
-    """Next tokens [B] and their log-probs [B] from logits [B, V], one key per row."""
+def choose(logits: jax.Array, uniforms: jax.Array, sampling: SamplingConfig) -> tuple[jax.Array, jax.Array]:
+    """Next tokens [B] and their log-probs [B] from logits [B, V], one uniform in [0, 1) per row [B]."""
     if sampling.temperature == 0.0:
         tokens = first_argmax(logits)
         return tokens, _logprob_of(jax.nn.log_softmax(logits), tokens)
     scaled = logits / sampling.temperature
     filtered = filter_logits(scaled, sampling.top_k, sampling.top_p)
-    tokens, logprobs = inverse_cdf_sample(filtered, keys)
+    tokens, logprobs = inverse_cdf_sample(filtered, uniforms)
     if sampling.top_k > 0 or sampling.top_p < 1.0:
         # Log-probs of the tempered, unfiltered distribution: what PPO recomputes from the same logits.
         logprobs = _logprob_of(jax.nn.log_softmax(scaled), tokens)
     return tokens, logprobs
 
 
-def inverse_cdf_sample(logits: jax.Array, keys: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """One token per row of logits [B, V] drawn from softmax(logits) with one uniform per row (key [B]), and its
-    log-prob [B]. The first token whose cumulative probability reaches u in (0, 1]: a token of probability 0
-    (a -inf logit) is never drawn. One exp per logit instead of the Gumbel trick's random bits and two logs:
-    half the time at GPT-2's vocabulary on a CPU."""
+def inverse_cdf_sample(logits: jax.Array, uniforms: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """One token per row of logits [B, V] drawn from softmax(logits) with one uniform in [0, 1) per row [B], and
+    its log-prob [B]: the first token whose cumulative probability reaches 1 - u in (0, 1]. A token of
+    probability 0 (a -inf logit) is never drawn.
+
+    One exp per logit instead of the Gumbel trick's random bits and two logs, and no cumulative sum over the
+    whole vocabulary: the vocabulary is cut into blocks of about sqrt(V) tokens, the target is found among the
+    blocks' running totals, then within its block's running sums ([B, V] work is an exp and a sum).
+    """
+    b, v = logits.shape
+    block = 1 << max(0, math.ceil(math.log2(v) / 2))  # about sqrt(V), a power of two
     top = jnp.max(logits, axis=-1, keepdims=True)
-    cdf = jnp.cumsum(jnp.exp(logits - top), axis=-1)  # unnormalised; total = cdf[:, -1]
-    total = cdf[:, -1:]
-    u = (1.0 - jax.vmap(jax.random.uniform)(keys))[:, None] * total  # in (0, total]
-    tokens = jnp.minimum(jnp.sum(cdf < u, axis=-1), logits.shape[-1] - 1).astype(jnp.int32)
-    return tokens, _logprob_of(logits, tokens) - top[:, 0] - jnp.log(total[:, 0])
+    mass = jnp.exp(logits - top)  # unnormalised probabilities, the largest 1
+    blocks = jnp.pad(mass, ((0, 0), (0, -v % block))).reshape(b, -1, block)  # [B, V / block, block]
+    block_cdf = jnp.cumsum(jnp.sum(blocks, axis=-1), axis=-1)  # [B, V / block]
+    total = block_cdf[:, -1]
+    target = (1.0 - uniforms) * total  # in (0, total]
+    # The first block whose running total reaches the target: its own total is positive (the running total
+    # rose there), so it holds a token of positive mass.
+    j = jnp.minimum(jnp.sum(block_cdf < target[:, None], axis=-1), block_cdf.shape[1] - 1)
+    before = jnp.where(j > 0, jnp.take_along_axis(block_cdf, jnp.maximum(j - 1, 0)[:, None], axis=1)[:, 0], 0.0)
+    within = jnp.cumsum(jnp.take_along_axis(blocks, j[:, None, None], axis=1)[:, 0], axis=-1)  # [B, block]
+    # The target inside the block, kept in (0, the block's own sum] against rounding between the two sums.
+    rest = jnp.clip(target - before, jnp.finfo(jnp.float32).tiny, within[:, -1])
+    tokens = (j * block + jnp.sum(within < rest[:, None], axis=-1)).astype(jnp.int32)
+    return tokens, _logprob_of(logits, tokens) - top[:, 0] - jnp.log(total)
+
+
+def step_uniforms(keys: jax.Array, steps: int) -> jax.Array:
+    """The uniforms [steps, B] that sampling draws from, uniform(fold_in(row key, step)) for each row key [B]:
+    made in one batched pass before decoding, so a decoding step runs no random-number kernels."""
+
+    def row(key: jax.Array) -> jax.Array:  # [steps]
+        return jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(key, i)))(jnp.arange(steps))
+
+    return jax.vmap(row, out_axes=1)(keys)
 
 
 def head_kernel(model: GPT, params: Any) -> jax.Array:
@@ -225,19 +251,25 @@ def decode(
     keys = rng if rng.ndim == 1 else jax.random.split(rng, b)
     prompt_mask = prompt_mask.astype(bool)
     lengths = prompt_mask.sum(axis=1).astype(jnp.int32)  # [B]
-    bounds = segment_bounds(n, sampling.cache_segment)
+    bounds = segment_bounds(n - 1, sampling.cache_segment)  # forward passes: of new tokens 0 .. n - 2
     logits, cache, kv_mask = prefill(model, params, prompt_tokens, prompt_mask, p + bounds[0], prompt_embeds)
     head = head_kernel(model, params)  # outside the loops: transposed once, not at every step
+    uniforms = step_uniforms(keys, n) if sampling.temperature > 0 else jnp.zeros((n, b), jnp.float32)
 
-    def body(carry):
-        i, cache, kv_mask, logits, tokens, logprobs, valid, done = carry
-        token, logprob = choose(logits, jax.vmap(jax.random.fold_in, (0, None))(keys, i), sampling)
+    def emit(i, logits, tokens, logprobs, valid, done):
+        """Chooses new token i of the rows that have not stopped; pad_id for those that have."""
+        token, logprob = choose(logits, uniforms[i], sampling)
         token = jnp.where(done, sampling.pad_id, token)
         tokens = tokens.at[:, i].set(token)
         logprobs = logprobs.at[:, i].set(jnp.where(done, 0.0, logprob))
         valid = valid.at[:, i].set(~done)
         if sampling.eos_id is not None:
             done = done | (token == sampling.eos_id)
+        return token, tokens, logprobs, valid, done
+
+    def body(carry):
+        i, cache, kv_mask, logits, *outputs = carry
+        token, *outputs = emit(i, logits, *outputs)
         kv_mask = kv_mask.at[:, p + i].set(True)
         hidden, cache = model.apply(
             {"params": params},
@@ -249,7 +281,7 @@ def decode(
             return_hidden=True,
         )
         step_logits = next_token_logits(model, head, hidden)  # [B, 1, V]
-        return i + 1, cache, kv_mask, step_logits[:, 0], tokens, logprobs, valid, done
+        return i + 1, cache, kv_mask, step_logits[:, 0], *outputs
 
     carry = (
         jnp.int32(0),
@@ -269,7 +301,8 @@ def decode(
             kv_mask = jnp.pad(kv_mask, ((0, 0), (0, stop - bounds[k - 1])))
             carry = (i, grow_cache(cache, p + stop), kv_mask, *rest)
         carry = jax.lax.while_loop(lambda c, stop=stop: (c[0] < stop) & ~jnp.all(c[-1]), body, carry)
-    _, _, _, _, tokens, logprobs, valid, _ = carry
+    i, _, _, logits, *outputs = carry
+    _, tokens, logprobs, valid, _ = emit(i, logits, *outputs)  # the last token needs no forward pass after it
     return Decoded(tokens, logprobs, valid)
 
 

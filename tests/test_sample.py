@@ -126,7 +126,7 @@ def test_sampling_frequencies_follow_the_tempered_distribution():
     logits = jnp.log(jnp.asarray([[0.5, 0.3, 0.2]]))
     keys = jax.random.split(jax.random.key(0), 20000)
     cfg = sample.SamplingConfig(temperature=0.5)
-    tokens, _ = jax.vmap(lambda k: sample.choose(logits, k[None], cfg))(keys)
+    tokens, _ = jax.vmap(lambda k: sample.choose(logits, jax.random.uniform(k, (1,)), cfg))(keys)
     freq = np.bincount(np.asarray(tokens).ravel(), minlength=3) / tokens.size
     want = np.array([0.5, 0.3, 0.2]) ** 2
     np.testing.assert_allclose(freq, want / want.sum(), atol=0.015)
@@ -188,21 +188,44 @@ def test_inverse_cdf_samples_follow_the_distribution_and_never_draw_a_filtered_t
     probs = np.array([0.5, 0.0, 0.3, 0.2, 0.0])
     logits = jnp.log(jnp.asarray(probs))[None].repeat(4, 0) + jnp.arange(4.0)[:, None]  # a shift per row
     keys = jax.random.split(jax.random.key(3), 50000)
-    tokens, logprobs = jax.vmap(lambda k: sample.inverse_cdf_sample(logits, jax.random.split(k, 4)))(keys)
+    tokens, logprobs = jax.vmap(lambda k: sample.inverse_cdf_sample(logits, jax.random.uniform(k, (4,))))(keys)
     freq = np.bincount(np.asarray(tokens).ravel(), minlength=5) / tokens.size
     np.testing.assert_allclose(freq, probs, atol=0.01)  # 200,000 draws: ~0.001 standard error
     assert freq[1] == freq[4] == 0.0
     want = np.log(probs[np.asarray(tokens)])
     np.testing.assert_allclose(np.asarray(logprobs), want, rtol=1e-5)
-    again, _ = jax.vmap(lambda k: sample.inverse_cdf_sample(logits, jax.random.split(k, 4)))(keys)
-    np.testing.assert_array_equal(np.asarray(again), np.asarray(tokens))  # a key is one draw
+    again, _ = jax.vmap(lambda k: sample.inverse_cdf_sample(logits, jax.random.uniform(k, (4,))))(keys)
+    np.testing.assert_array_equal(np.asarray(again), np.asarray(tokens))  # a uniform is one draw
+
+
+def test_inverse_cdf_sampling_by_blocks_equals_the_float64_cumulative_sum():
+    """The blocked search (blocks of about sqrt(V) tokens) picks the first token whose float64 cumulative
+    probability reaches 1 - u, for vocabularies that fill their last block or leave it partly empty, with whole
+    blocks of zero probability; only targets within float32 rounding of a boundary may differ."""
+    rng = np.random.default_rng(0)
+    for v in (5, 64, 1000, 50257):
+        logits = rng.normal(size=(8, v)).astype(np.float32) * 3
+        logits[:, rng.random(v) < 0.3] = -np.inf  # scattered zeros
+        logits[:, : min(v // 2, 300)] = -np.inf  # and whole zero blocks at the front
+        logits[:, -1] = 0.0  # one token always possible
+        u = rng.random((64, 8)).astype(np.float32)
+        tokens = np.stack([np.asarray(sample.inverse_cdf_sample(jnp.asarray(logits), jnp.asarray(x))[0]) for x in u])
+        probs = np.exp(logits.astype(np.float64) - logits.max(-1, keepdims=True))
+        cdf = np.cumsum(probs / probs.sum(-1, keepdims=True), axis=-1)  # [8, V]
+        target = 1.0 - u.astype(np.float64)  # [64, 8]
+        want = np.stack([[np.searchsorted(cdf[r], t[r]) for r in range(8)] for t in target])
+        rows = np.arange(8)
+        below = np.where(want > 0, cdf[rows, np.maximum(want - 1, 0)], 0.0)
+        gap = np.minimum(np.abs(cdf[rows, np.minimum(want, v - 1)] - target), np.abs(below - target))
+        agree = (tokens == want) | (gap < 1e-5)
+        assert agree.all(), (v, np.argwhere(~agree)[:5])
+        assert np.isfinite(logits[np.arange(8), tokens]).all()  # never a token of probability 0
 
 
 def test_a_sampled_tokens_logprob_is_that_of_the_tempered_distribution():
     logits = jax.random.normal(jax.random.key(1), (32, 300)) * 3
-    keys = jax.random.split(jax.random.key(2), 32)
     for top_p in (1.0, 0.5):
         cfg = sample.SamplingConfig(max_new_tokens=1, temperature=0.7, top_p=top_p)
-        tokens, logprobs = sample.choose(logits, keys, cfg)
+        tokens, logprobs = sample.choose(logits, jax.random.uniform(jax.random.key(2), (32,)), cfg)
         ref = jax.nn.log_softmax(logits / 0.7)[jnp.arange(32), tokens]
         np.testing.assert_allclose(np.asarray(logprobs), np.asarray(ref), rtol=1e-5, atol=1e-6)
