@@ -81,7 +81,7 @@ def get_config(arg: str = ""):
     elif arg == "tiny":
         c.scaling.update(n_sizes=3, d_model_min=8, d_model_max=24, n_layer_min=1, n_layer_max=1, tokens_per_param=1e-3)
         c.scaling.update(min_steps=4, holdout=0, bootstrap=20)
-    elif arg in ("capability", "capability_large", "capability_tiny"):
+    elif arg in ("capability", "capability_large", "capability_tiny", "capability_graded"):
         # The held-out d72 run has ~7x the compute of the largest fitted one (d40); every run is evaluated on the
         # generated max_digit task, whose training data makes up task_data_weight of the bundled corpus's mix.
         c.scaling.update(n_sizes=5, d_models=(16, 24, 32, 40, 72), min_steps=300, holdout=1, bootstrap=0)
@@ -94,9 +94,12 @@ def get_config(arg: str = ""):
             c.scaling.update(n_sizes=4, d_models=(8, 16, 24, 48), n_layer_min=1, n_layer_max=1, tokens_per_param=1e-3)
             c.scaling.update(min_steps=6)
             c.eval.update(samples=2, limit=6)
+        if arg == "capability_graded":  # digit problems of graded difficulty, fitted past the plateau below d40
+            c.scaling.update(task_data="graded", task_data_weight=0.5, eval_tasks="graded_code")
+            c.scaling.d_models = (40, 48, 56, 64, 112)  # d112: 7.1x the compute of d64; ~9 CPU minutes
     elif arg:
         raise ConfigError(
             f"configs/scaling.py has no preset {arg!r}; presets: '' (the default), grid, tiny, capability, "
-            "capability_large, capability_tiny"
+            "capability_large, capability_tiny, capability_graded"
         )
     return c

@@ -7,9 +7,10 @@ n completions, runs each with the problem's unit test in the sandbox and counts 
         # max of 3 8 5 1                 # 37 + 48
         return 8                         return 85
 
-Families (config.scaling.task_data): `max_digit`, the largest of four digits (builtin task `max_digit_code`), and
+Families (config.scaling.task_data): `max_digit`, the largest of four digits (builtin task `max_digit_code`),
 `arithmetic`, two-digit addition and subtraction (`arithmetic_code`; beyond the demo's models: a d16 model
-trained on 0.3M tokens, 30% of them these problems, passed 2 of 768 samples on 48 problems).
+trained on 0.3M tokens, 30% of them these problems, passed 2 of 768 samples on 48 problems), and `graded`,
+operations of graded difficulty on digit lists (`graded_code`, gptx.scaling.graded_data: a mixture of onsets).
 
 Why it behaves like a capability: the answer has to be computed from the question, not recalled (the evaluated
 problems never occur in training), and at temperature 1 a problem's pass rate is the probability the model
@@ -42,9 +43,11 @@ import numpy as np
 from gptx import fs
 from gptx.data import mix, sources
 from gptx.errors import ConfigError
+from gptx.scaling import graded_data
 
-FAMILIES = ("max_digit", "arithmetic")  # values of config.scaling.task_data
-TASK_FILE = {"max_digit": "max_digit_code", "arithmetic": "arithmetic_code"}  # builtin tasks of the evaluated problems
+FAMILIES = ("max_digit", "arithmetic", "graded")  # values of config.scaling.task_data
+# builtin tasks of the evaluated problems
+TASK_FILE = {"max_digit": "max_digit_code", "arithmetic": "arithmetic_code", "graded": "graded_code"}
 PER_DOC = 8  # problems per training document
 N_EVAL, EVAL_SEED = 48, 20230315  # the shipped evaluation problems: eval_problems(family, N_EVAL, EVAL_SEED)
 CORPUS, REPORT = "task_data_corpus.txt", "task_data.json"  # written into the sweep's workdir
@@ -72,7 +75,7 @@ def all_problems(family: str) -> list[Problem]:
     """Every problem of a family, in a fixed order.
 
     max_digit: the largest of four digits, 10⁴ problems. arithmetic: a + b and a − b (a >= b) for a, b in
-    0..99, 10⁴ + 5,050 problems.
+    0..99, 10⁴ + 5,050 problems. graded: too many to enumerate (a ConfigError; it is sampled instead).
     """
     if family == "max_digit":
         return [
@@ -83,11 +86,19 @@ def all_problems(family: str) -> list[Problem]:
         return [Problem(f"{a} + {b}", a + b) for a in r for b in r] + [
             Problem(f"{a} - {b}", a - b) for a in r for b in r if a >= b
         ]
+    if family == "graded":
+        raise ConfigError("the graded family is sampled (gptx.scaling.graded_data), not enumerated")
     raise ConfigError(f"config.scaling.task_data={family!r} is not one of {', '.join(FAMILIES)}")
 
 
+def _graded(questions: Iterable[str]) -> list[Problem]:
+    return [Problem(q, graded_data.answer(q)) for q in questions]
+
+
 def eval_problems(family: str, n: int = N_EVAL, seed: int = EVAL_SEED) -> list[Problem]:
-    """n distinct problems of the family drawn by seed: the evaluated set."""
+    """n distinct problems of the family drawn by seed: the evaluated set (graded: round-robin over its strata)."""
+    if family == "graded":
+        return _graded(graded_data.sample_questions(n, seed, distinct=True))
     every = all_problems(family)
     return [every[i] for i in sorted(np.random.default_rng(seed).choice(len(every), n, replace=False).tolist())]
 
@@ -124,8 +135,10 @@ def read_problems(path: str) -> list[Problem]:
 
 def training_problems(family: str, exclude: Iterable[Problem], seed: int) -> list[Problem]:
     """Every problem of the family whose question is not one of `exclude`'s (the exact-problem
-    decontamination), shuffled by seed."""
+    decontamination), shuffled by seed; graded: graded_data.NUM_TRAIN problems sampled by seed, none of `exclude`."""
     banned = {p.question for p in exclude}
+    if family == "graded":
+        return _graded(graded_data.sample_questions(graded_data.NUM_TRAIN, seed, exclude=banned))
     kept = [p for p in all_problems(family) if p.question not in banned]
     return [kept[i] for i in np.random.default_rng(seed).permutation(len(kept)).tolist()]
 
@@ -174,14 +187,15 @@ def mixed_corpus(cfg: ml_collections.ConfigDict, workdir: str) -> ml_collections
     else:
         base = list(sources.read_documents(cfg.data.corpus, cfg.data.doc_separator))
         evaluated = read_problems(builtin_path(s.task_data))
-        docs = training_documents(training_problems(s.task_data, evaluated, s.seed))
+        trained = training_problems(s.task_data, evaluated, s.seed)
+        docs = training_documents(trained)
         w = float(s.task_data_weight)
         by_source = {"corpus": _records("corpus", base), s.task_data: _records(s.task_data, docs)}
         base_bytes = sum(len(d.encode()) for d in base)
         total = int(base_bytes / (1 - w)) - 1  # the corpus's share stays below its bytes: no document twice
         mixed, rows = mix.mix(by_source, {"corpus": 1 - w, s.task_data: w}, total, s.seed)
         fs.makedirs(workdir)
-        n_train = len(all_problems(s.task_data)) - len(evaluated)
+        n_train = len({p.question for p in trained})  # distinct
         report = {**settings, "evaluated_problems": len(evaluated), "training_problems": n_train, "sources": rows}
         fs.write_atomic(fs.join(workdir, REPORT), json.dumps(report, indent=1))
         fs.write_atomic(out, "\n\n".join(r["text"] for r in mixed) + "\n")

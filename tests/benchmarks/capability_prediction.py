@@ -25,6 +25,8 @@ import pathlib
 import sys
 import time
 
+import numpy as np
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
@@ -53,30 +55,30 @@ def nested_coverage(rows: list[dict], task: str, ci: float) -> dict:
     return {"covered": covered, "predictions": total}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", default="/tmp/gptx_capability_bench")
-    parser.add_argument("--preset", default="capability", help="a preset of configs/scaling.py")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. scaling.d_models=(56,64,72,80,128) (repeatable)")  # fmt: skip
-    args = parser.parse_args()
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    sys.path.insert(0, str(REPO))
-    from gptx import scaling
-
-    t0 = time.perf_counter()
+def configure(args: argparse.Namespace, seed: int):
+    """The preset with --set applied; seed > 0 reseeds the repetition (init, data order, split, task data)."""
     cfg = load_config(args.preset)
     for item in args.set:  # the same values the sweep was run with, or it trains another schedule
         key, _, value = item.partition("=")
         section, _, name = key.partition(".")
         cfg[section][name] = ast.literal_eval(value)
-    results = scaling.sweep(cfg, args.workdir)  # freezes the prediction before the held-out run trains
-    pred = scaling.predict(cfg, args.workdir)
+    if seed:
+        cfg.train.seed, cfg.data.seed, cfg.scaling.seed = seed, seed, seed
+    return cfg
+
+
+def run_sweep(cfg, workdir: str) -> dict:
+    """One sweep with its frozen predictions: the benchmark's figures for it."""
+    from gptx import scaling
+
+    results = scaling.sweep(cfg, workdir)  # freezes the prediction before the held-out run trains
+    pred = scaling.predict(cfg, workdir)
     cap = pred["capability"]
     runs = [results[name] for name, _ in scaling.schedule(cfg)]
     fitted = [r for r in runs if r["name"] in pred["fit_on"]]
-    out = {"benchmark": "capability_prediction", "runs": len(runs), "task": cap["task"],
-           "task_data": cfg.scaling.task_data, "task_data_weight": cfg.scaling.task_data_weight,
+    loss = pred["targets"][-1]
+    out = {"runs": len(runs), "task": cap["task"], "task_data": cfg.scaling.task_data,
+           "task_data_weight": cfg.scaling.task_data_weight,
            "samples_per_problem": runs[-1]["eval"][cap["task"]]["problems"]["n"][0],
            "compute_span_fitted": fitted[-1]["compute"] / fitted[0]["compute"]}  # fmt: skip
     if cap.get("law"):
@@ -87,6 +89,7 @@ def main() -> None:
             problems=len(cap["problems"]),
             dropped=cap["dropped"],
             target=t["name"],
+            fitted_neg_log_pass=cap["fit_neg_log_pass"],
             predicted_neg_log_pass=t["predicted"],
             interval=t["interval"],
             measured_neg_log_pass=t["measured"],
@@ -97,11 +100,52 @@ def main() -> None:
             rel_error=t["rel_error"],
             covered=t["within_interval"],
             nested_coverage=nested_coverage(runs, cap["task"], cfg.scaling.ci),
-            goal_rel_error=0.10,
         )
     else:
         out["note"] = cap.get("note")
-    out["loss_rel_error"] = pred["targets"][-1].get("rel_error")
+    out.update(loss_predicted=loss["predicted"], loss_interval=loss["interval"], loss_measured=loss.get("measured"),
+               loss_rel_error=loss.get("rel_error"), loss_covered=loss.get("within_interval"))  # fmt: skip
+    return out
+
+
+def coverage(reps: list[dict]) -> dict:
+    """Over the repetitions: how often each law's interval covered its measurement, and the relative errors."""
+    cap = [r for r in reps if "covered" in r]
+    return {
+        "repetitions": len(reps),
+        "capability_covered": sum(bool(r["covered"]) for r in cap),
+        "capability_predictions": len(cap),
+        "capability_rel_errors": [r["rel_error"] for r in cap],
+        "capability_median_abs_rel_error": float(np.median([abs(r["rel_error"]) for r in cap])) if cap else None,
+        "loss_covered": sum(bool(r["loss_covered"]) for r in reps),
+        "loss_predictions": len(reps),
+        "loss_rel_errors": [r["loss_rel_error"] for r in reps],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", default="/tmp/gptx_capability_bench")
+    parser.add_argument("--preset", default="capability_graded", help="a preset of configs/scaling.py")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. scaling.d_models=(56,64,72,80,128) (repeatable)")  # fmt: skip
+    parser.add_argument("--seeds", type=int, default=1, help="repetitions, seeds 0..N-1 in WORKDIR/seedI: coverage")
+    args = parser.parse_args()
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    sys.path.insert(0, str(REPO))
+
+    t0 = time.perf_counter()
+    if args.seeds == 1:
+        out = {"benchmark": "capability_prediction", **run_sweep(configure(args, 0), args.workdir)}
+    else:
+        reps = []
+        for seed in range(args.seeds):
+            t1 = time.perf_counter()
+            rep = run_sweep(configure(args, seed), os.path.join(args.workdir, f"seed{seed}"))
+            reps.append({"seed": seed, **rep, "wall_s": time.perf_counter() - t1})
+        out = {"benchmark": "capability_prediction", "preset": args.preset, "coverage": coverage(reps),
+               "repetitions": reps}  # fmt: skip
+    out["goal_rel_error"] = 0.10
     out["wall_s"] = time.perf_counter() - t0
     print(json.dumps(out))
 
