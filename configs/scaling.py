@@ -94,7 +94,7 @@ def get_config(arg: str = ""):
             c.scaling.update(n_sizes=4, d_models=(8, 16, 24, 48), n_layer_min=1, n_layer_max=1, tokens_per_param=1e-3)
             c.scaling.update(min_steps=6)
             c.eval.update(samples=2, limit=6)
-        if arg == "capability_graded":  # digit problems of graded difficulty, fitted past the plateau below d40
+        if arg == "capability_graded":  # digit problems of graded difficulty (see gptx/scaling/graded_data.py)
             c.scaling.update(task_data="graded", task_data_weight=0.5, eval_tasks="graded_code")
             c.scaling.d_models = (40, 48, 56, 64, 112)  # d112: 7.1x the compute of d64; ~9 CPU minutes
     elif arg:
