@@ -8,19 +8,12 @@ import re
 
 import pytest
 from conftest import tiny_config
+from test_scaling_task_data import _solve  # the answers, computed independently of the generators
 
 from gptx.data import sources
 from gptx.eval import code, sandbox
 from gptx.scaling import capability_data as cd
 from gptx.scaling import graded_data as gd
-
-
-def _solve(question: str) -> int:
-    """The answer of a question, computed independently of the generator."""
-    op, of, *digits = question.split()
-    assert of == "of"
-    d = [int(x) for x in digits]
-    return {"first": d[0], "last": d[-1], "max": max(d), "min": min(d), "sum": sum(d)}[op]
 
 
 def _evaluated() -> list[dict]:
