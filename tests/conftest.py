@@ -73,3 +73,13 @@ def one_device_mesh():
 
     c = tiny_config()
     return mesh.make_mesh(c.mesh, devices=jax.devices()[:1])
+
+
+# The modules holding the suite's longest tests (end-to-end CLI runs of a minute or more), started first: the
+# two xdist workers take whole modules in collection order (--dist loadscope), and a long module taken last
+# leaves the other worker idle while it finishes.
+LONGEST_FIRST = ("test_demo.py", "test_multihost.py", "test_scaling.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: item.path.name not in LONGEST_FIRST)  # stable: the order within stays
