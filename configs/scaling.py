@@ -96,7 +96,9 @@ def get_config(arg: str = ""):
             c.eval.update(samples=2, limit=6)
         if arg == "capability_graded":  # digit problems of graded difficulty (see gptx/scaling/graded_data.py)
             c.scaling.update(task_data="graded", task_data_weight=0.5, eval_tasks="graded_code")
-            c.scaling.d_models = (40, 48, 56, 64, 112)  # d112: 7.1x the compute of d64; ~9 CPU minutes
+            # d128: 5.3x the compute of d80; ~25 CPU minutes. The fitted widths straddle the strata's onsets
+            # (mean pass@1 0.2 at d56 to 0.6 at d80); narrower ones sit at the rate of guessing on every stratum.
+            c.scaling.d_models = (56, 64, 72, 80, 128)
     elif arg:
         raise ConfigError(
             f"configs/scaling.py has no preset {arg!r}; presets: '' (the default), grid, tiny, capability, "

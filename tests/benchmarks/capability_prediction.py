@@ -1,8 +1,8 @@
 """Benchmark: GPT-4's capability prediction on a CPU.
 
-Trains configs/scaling.py:capability (tiny 2-layer GPT-2s of growing width on the bundled corpus mixed with
-generated max-of-four-digits problems, 30% of the bytes; every run evaluated on the 48 held-out problems of
-`max_digit_code` with 16 samples each at temperature 1, run against unit tests in the sandbox), fits
+Trains configs/scaling.py:capability_graded (2-layer GPT-2s of widths 56-80 and a held-out 128 on the bundled
+corpus mixed with generated digit problems of graded difficulty, half the bytes; every run evaluated on the 48
+held-out problems of `graded_code` with 16 samples each at temperature 1, run against unit tests in the sandbox), fits
 −E_P[log pass_rate] = α·C^−k on all but the largest run, predicts the largest before it trains (frozen in
 WORKDIR/prediction.json), trains it and prints one JSON line: runs, compute span of the fitted runs, extrapolation
 factor, predicted and measured −E_P[log pass_rate] (and the geometric-mean and mean pass@1), relative error, the
@@ -10,7 +10,7 @@ factor, predicted and measured −E_P[log pass_rate] (and the geometric-mean and
 runs before it (at least 3) covered it. Goal: relative error <= 10% with the interval covering. Resumable: rerun
 with the same --workdir to skip finished runs. `--preset=capability_tiny` runs in about a minute (no goal there).
 
-  python tests/benchmarks/capability_prediction.py [--workdir=/tmp/gptx_capability_bench] [--preset=capability]
+  python tests/benchmarks/capability_prediction.py [--workdir=/tmp/gptx_capability_bench] [--preset=capability_graded]
       [--set=scaling.task_data_weight=0.5 ...]
 """
 
